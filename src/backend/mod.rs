@@ -1,0 +1,187 @@
+//! The Backend trait: the model's fused operations, implemented once per
+//! device.
+//!
+//! The trait sits at the level of whole fused steps (embedding gather +
+//! convolution + ReLU + max-pool, its sparse backward, the task heads, the
+//! loss, Adam), not single arithmetic ops: that is what lets the CUDA
+//! backend fuse and the CPU backend stay simple. `model::Network` drives
+//! these calls and never names a backend.
+//!
+//! Conventions shared by every implementation:
+//! - Matrices are row-major; `rows` is the number of texts in the batch.
+//! - `params` and `grads` are the flat buffers laid out by [`Shape`].
+//! - Every output buffer is fully written by the call that produces it
+//!   (tests poison outputs beforehand); nothing is accumulated across calls.
+//! - Tokens: `[rows, width]` int32, 0 = padding, 1 = unknown; `width >= k`.
+//!   `lengths[b]` is the number of real tokens of text `b` (it may be less
+//!   than `k`, even 0); positions at or past it hold 0. Text `b` has
+//!   `max(len_b, k) - k + 1` windows; no other window is part of its max.
+//! - Ties in the max-pool go to the earliest window; `h = relu(max_t z)`
+//!   passes gradient only where `h > 0`.
+
+pub mod cpu;
+pub mod cuda;
+
+use anyhow::Result;
+
+use crate::model::Shape;
+
+/// One batch of token ids as the backend sees it.
+pub struct TokenBatch<'a, B: Backend + ?Sized> {
+    /// `[rows, width]`, row-major.
+    pub tokens: &'a B::Ints,
+    /// `[rows]`: real tokens per text.
+    pub lengths: &'a B::Ints,
+    pub rows: usize,
+    pub width: usize,
+}
+
+/// Hyper-parameters of one Adam step (PyTorch's formulation, no weight decay).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamStep {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    /// 1-based step number, for bias correction.
+    pub step: u64,
+    /// Multiplies every gradient before use (1 / loss scale for fp16).
+    pub grad_scale: f32,
+}
+
+pub trait Backend {
+    /// A float32 buffer on the device.
+    type Floats;
+    /// An int32 buffer on the device.
+    type Ints;
+
+    /// One line naming the device and the code path in use.
+    fn describe(&self) -> String;
+
+    /// A zero-filled buffer of `len` floats.
+    fn floats(&self, len: usize) -> Result<Self::Floats>;
+    /// A zero-filled buffer of `len` ints.
+    fn ints(&self, len: usize) -> Result<Self::Ints>;
+    /// Copies `src` into the first `src.len()` elements of `dst`.
+    fn upload_floats(&self, dst: &mut Self::Floats, src: &[f32]) -> Result<()>;
+    /// Copies the first `dst.len()` elements of `src` into `dst`.
+    fn download_floats(&self, src: &Self::Floats, dst: &mut [f32]) -> Result<()>;
+    fn upload_ints(&self, dst: &mut Self::Ints, src: &[i32]) -> Result<()>;
+    fn download_ints(&self, src: &Self::Ints, dst: &mut [i32]) -> Result<()>;
+    /// Waits until all queued work has finished (a no-op on the CPU).
+    fn synchronize(&self) -> Result<()>;
+
+    /// Embedding gather + convolution + bias + ReLU + masked max over time.
+    ///
+    /// Writes `h [rows, F]` (the pooled features) and `win [rows, F]` (the
+    /// window `t` that won the max, for the backward pass).
+    fn encoder_forward(
+        &mut self,
+        shape: &Shape,
+        params: &Self::Floats,
+        batch: &TokenBatch<'_, Self>,
+        h: &mut Self::Floats,
+        win: &mut Self::Ints,
+    ) -> Result<()>;
+
+    /// The sparse backward of [`Backend::encoder_forward`].
+    ///
+    /// `dh [rows, F]` is dL/dh; it is masked here by `h > 0`. Overwrites the
+    /// conv weight and bias spans of `grads` and the embedding span: after
+    /// the call that span holds exactly this batch's gradient (rows no text
+    /// used are zero; row 0 is always zero). Deterministic: the result does
+    /// not depend on thread count or scheduling.
+    fn encoder_backward(
+        &mut self,
+        shape: &Shape,
+        params: &Self::Floats,
+        batch: &TokenBatch<'_, Self>,
+        h: &Self::Floats,
+        win: &Self::Ints,
+        dh: &Self::Floats,
+        grads: &mut Self::Floats,
+    ) -> Result<()>;
+
+    /// All task heads: `hidden [rows, sum H] = relu(h W1^T + c1)` as one GEMM
+    /// over the concatenated first layers, then per task
+    /// `logits[:, class_offset(i)..][..C_i] = hidden_i W2_i^T + c2_i`.
+    fn heads_forward(
+        &mut self,
+        shape: &Shape,
+        params: &Self::Floats,
+        h: &Self::Floats,
+        rows: usize,
+        hidden: &mut Self::Floats,
+        logits: &mut Self::Floats,
+    ) -> Result<()>;
+
+    /// Fused softmax + masked cross-entropy + gradient of the logits.
+    ///
+    /// `labels [tasks, rows]`: class index, or -1 for a missing label.
+    /// `grad_scale[i]` multiplies task `i`'s logit gradient (the caller
+    /// passes `w_i / n_i`, n_i the labelled rows of task `i`, or 0 when
+    /// none). Writes `dlogits [rows, sum C]` (zero rows where the label is
+    /// missing) and `loss_sums [tasks]`: the unscaled sum of cross-entropy
+    /// over task `i`'s labelled rows.
+    #[allow(clippy::too_many_arguments)]
+    fn softmax_cross_entropy(
+        &mut self,
+        shape: &Shape,
+        logits: &Self::Floats,
+        labels: &Self::Ints,
+        rows: usize,
+        grad_scale: &[f32],
+        dlogits: &mut Self::Floats,
+        loss_sums: &mut Self::Floats,
+    ) -> Result<()>;
+
+    /// Backward of [`Backend::heads_forward`]. Overwrites every head span of
+    /// `grads` and writes each task's own gradient with respect to `h` into
+    /// `dh_tasks [tasks, rows, F]` (task-major), so loss-weighting methods
+    /// can combine them.
+    #[allow(clippy::too_many_arguments)]
+    fn heads_backward(
+        &mut self,
+        shape: &Shape,
+        params: &Self::Floats,
+        h: &Self::Floats,
+        hidden: &Self::Floats,
+        dlogits: &Self::Floats,
+        rows: usize,
+        grads: &mut Self::Floats,
+        dh_tasks: &mut Self::Floats,
+    ) -> Result<()>;
+
+    /// `dh = sum_i coeffs[i] * dh_tasks[i]`, each block `len` floats long.
+    fn combine_tasks(
+        &mut self,
+        dh_tasks: &Self::Floats,
+        coeffs: &[f32],
+        len: usize,
+        dh: &mut Self::Floats,
+    ) -> Result<()>;
+
+    /// The Gram matrix `G[i][j] = <dh_tasks[i], dh_tasks[j]>` (row-major,
+    /// `tasks x tasks`), summed in float64.
+    fn task_gram(&mut self, dh_tasks: &Self::Floats, tasks: usize, len: usize) -> Result<Vec<f64>>;
+
+    /// `x[i] *= mask[i]` for `i < len` (dropout on `h` and on its gradient).
+    fn multiply(&mut self, x: &mut Self::Floats, mask: &Self::Floats, len: usize) -> Result<()>;
+
+    /// One Adam step over the whole flat buffer (fp32 master weights and
+    /// moments), PyTorch's formulation:
+    /// `m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;`
+    /// `p -= (lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)`.
+    fn adam(
+        &mut self,
+        params: &mut Self::Floats,
+        grads: &Self::Floats,
+        m: &mut Self::Floats,
+        v: &mut Self::Floats,
+        len: usize,
+        step: &AdamStep,
+    ) -> Result<()>;
+
+    /// Whether every one of the first `len` values is finite.
+    fn all_finite(&mut self, x: &Self::Floats, len: usize) -> Result<bool>;
+}

@@ -1,0 +1,1 @@
+//! Reading labelled tables, tokenising, vocabulary and batching.

@@ -1,0 +1,8 @@
+//! polyhead: multi-task text classification with one shared CNN encoder
+//! (word embeddings, Conv1D, ReLU, global max-pool) and a small head per
+//! task, trained together on the CPU or on NVIDIA GPUs.
+
+pub mod backend;
+pub mod data;
+pub mod model;
+pub mod train;
