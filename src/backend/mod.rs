@@ -123,7 +123,6 @@ pub trait Backend {
     /// none). Writes `dlogits [rows, sum C]` (zero rows where the label is
     /// missing) and `loss_sums [tasks]`: the unscaled sum of cross-entropy
     /// over task `i`'s labelled rows.
-    #[allow(clippy::too_many_arguments)]
     fn softmax_cross_entropy(
         &mut self,
         shape: &Shape,
@@ -139,7 +138,6 @@ pub trait Backend {
     /// `grads` and writes each task's own gradient with respect to `h` into
     /// `dh_tasks [tasks, rows, F]` (task-major), so loss-weighting methods
     /// can combine them.
-    #[allow(clippy::too_many_arguments)]
     fn heads_backward(
         &mut self,
         shape: &Shape,
