@@ -3,6 +3,10 @@
 //! task, trained together on the CPU or on NVIDIA GPUs.
 
 pub mod backend;
+pub mod cli;
+pub mod cmd;
 pub mod data;
+pub mod fsutil;
 pub mod model;
+pub mod rng;
 pub mod train;

@@ -1,3 +1,41 @@
-fn main() {
-    println!("polyhead");
+//! The `polyhead` command: parse the command line, run, map the outcome to
+//! an exit code (0 success, 1 runtime error, 2 usage error).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use polyhead::cli::{Cli, Command};
+use polyhead::cmd::{self, UsageError};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Train(args) => cmd::train::run(&args),
+        Command::Eval(args) => cmd::eval::run(&args),
+        Command::Predict(args) => cmd::predict::run(&args),
+        Command::Bench(args) => cmd::bench::run(&args),
+        Command::Info => cmd::info::run(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("polyhead: {}", cmd::one_line(&err));
+            if err.downcast_ref::<UsageError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+/// A reader that closed the pipe (`polyhead predict ... | head`) is not an error.
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }

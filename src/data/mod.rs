@@ -1,1 +1,3 @@
 //! Reading labelled tables, tokenising, vocabulary and batching.
+
+pub mod dataset;

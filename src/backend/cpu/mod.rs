@@ -505,3 +505,8 @@ impl Backend for CpuBackend {
         Ok(x[..len].par_iter().all(|v| v.is_finite()))
     }
 }
+
+/// The vectorised code path the CPU kernels use on this machine.
+pub fn simd_path() -> &'static str {
+    "scalar"
+}

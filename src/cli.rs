@@ -1,0 +1,221 @@
+//! The command line, as the user types it (clap). Validation into the
+//! settings the trainer uses happens in `cmd/`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(name = "polyhead", version, about = "Multi-task text classification: one CNN encoder, \
+    one small head per task, trained together on the CPU or an NVIDIA GPU")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train a model (default: the embedded clothing-reviews data set)
+    Train(TrainArgs),
+    /// Score a model on a labelled file: accuracy, macro-F1, per-class table, confusion matrix
+    Eval(EvalArgs),
+    /// Predict every task for each input line or record, one JSON object per line
+    Predict(PredictArgs),
+    /// Time the fused operations and whole training steps on synthetic batches
+    Bench(BenchArgs),
+    /// Version, CPU features in use, threads, CUDA support and devices
+    Info,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    Tsv,
+    Csv,
+    Jsonl,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TrainArgs {
+    /// Training table (TSV, CSV or JSON Lines)
+    #[arg(long, value_name = "FILE", conflicts_with = "data")]
+    pub train: Option<PathBuf>,
+    /// Validation table, scored after every epoch
+    #[arg(long, value_name = "FILE", conflicts_with = "data", requires = "train")]
+    pub valid: Option<PathBuf>,
+    /// Test table, scored once at the end
+    #[arg(long, value_name = "FILE", conflicts_with = "data", requires = "train")]
+    pub test: Option<PathBuf>,
+    /// A folder holding train.*, valid.* and optionally test.*, or one training file
+    #[arg(long, value_name = "PATH")]
+    pub data: Option<PathBuf>,
+    /// Table format when the file extension does not tell
+    #[arg(long, value_enum)]
+    pub format: Option<FormatArg>,
+    /// Column holding the text
+    #[arg(long, default_value = "text", value_name = "NAME")]
+    pub text_column: String,
+    /// Task columns to train, comma-separated (default: every column but the text)
+    #[arg(long, value_delimiter = ',', value_name = "A,B")]
+    pub tasks: Option<Vec<String>>,
+    /// Embedding width
+    #[arg(long, default_value_t = 128, value_name = "D")]
+    pub embed_dim: usize,
+    /// Convolution filters
+    #[arg(long, default_value_t = 128, value_name = "F")]
+    pub filters: usize,
+    /// Convolution width in tokens
+    #[arg(long, default_value_t = 5, value_name = "K")]
+    pub kernel_size: usize,
+    /// Hidden units of each task head
+    #[arg(long, default_value_t = 128, value_name = "H")]
+    pub hidden: usize,
+    /// Texts are cut to this many tokens
+    #[arg(long, default_value_t = 128, value_name = "TOKENS")]
+    pub max_len: usize,
+    /// Most words kept in the vocabulary (besides <pad> and <unk>), most frequent first
+    #[arg(long, alias = "max-vocab", default_value_t = 50_000, value_name = "WORDS")]
+    pub vocab_size: usize,
+    /// Words seen fewer times in training become <unk>
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub min_count: usize,
+    #[arg(long, default_value_t = 10)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 64, value_name = "ROWS")]
+    pub batch_size: usize,
+    /// Adam learning rate
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// CPU threads (default: all cores)
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Dropout on the pooled features during training
+    #[arg(long, default_value_t = 0.0, value_name = "P")]
+    pub dropout: f32,
+    /// Where to write the model
+    #[arg(long, default_value = "model.safetensors", value_name = "FILE")]
+    pub out: PathBuf,
+    /// Write one JSON line of metrics per epoch here
+    #[arg(long, value_name = "FILE")]
+    pub metrics_out: Option<PathBuf>,
+    /// Count validation/test labels never seen in training as errors instead of stopping
+    #[arg(long)]
+    pub allow_unseen_labels: bool,
+    /// Print only errors and the final summary
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Train on CUDA device N
+    #[arg(long, value_name = "N")]
+    pub gpu: Option<usize>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct EvalArgs {
+    #[arg(long, value_name = "FILE")]
+    pub model: PathBuf,
+    /// Labelled table to score
+    #[arg(long, value_name = "FILE")]
+    pub data: PathBuf,
+    #[arg(long, value_enum)]
+    pub format: Option<FormatArg>,
+    /// Tasks to score, comma-separated (default: all of the model's)
+    #[arg(long, value_delimiter = ',', value_name = "A,B")]
+    pub tasks: Option<Vec<String>>,
+    /// Column holding the text (default: the one used in training)
+    #[arg(long, value_name = "NAME")]
+    pub text_column: Option<String>,
+    /// Print one JSON object instead of tables
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum InputFormat {
+    /// One text per line
+    Text,
+    Tsv,
+    Csv,
+    Jsonl,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PredictArgs {
+    #[arg(long, value_name = "FILE")]
+    pub model: PathBuf,
+    /// Input file, or - for standard input (default)
+    #[arg(value_name = "FILE", default_value = "-")]
+    pub input: PathBuf,
+    /// Input format (default: from the extension; plain text lines otherwise)
+    #[arg(long, value_enum)]
+    pub format: Option<InputFormat>,
+    /// Column holding the text, for table inputs
+    #[arg(long, default_value = "text", value_name = "NAME")]
+    pub text_column: String,
+    /// Also list the K most probable classes of each task
+    #[arg(long, value_name = "K")]
+    pub top_k: Option<usize>,
+    /// Include the full probability vector of each task
+    #[arg(long)]
+    pub probs: bool,
+    /// Include the tokens the model saw (unknown words as <unk>)
+    #[arg(long)]
+    pub explain_tokens: bool,
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendArg {
+    Cpu,
+    Cuda,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Lengths {
+    /// Every text fills the batch width
+    Full,
+    /// Lengths uniform in [kernel, max-len]
+    Random,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub backend: BackendArg,
+    /// CUDA device, with --backend cuda
+    #[arg(long, default_value_t = 0)]
+    pub gpu: usize,
+    #[arg(long, default_value_t = 256)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 128)]
+    pub max_len: usize,
+    #[arg(long, default_value_t = 128)]
+    pub embed_dim: usize,
+    #[arg(long, default_value_t = 128)]
+    pub filters: usize,
+    #[arg(long, default_value_t = 5)]
+    pub kernel_size: usize,
+    #[arg(long, default_value_t = 128)]
+    pub hidden: usize,
+    #[arg(long, default_value_t = 30_000)]
+    pub vocab_size: usize,
+    /// Classes of each synthetic task, comma-separated
+    #[arg(long, value_delimiter = ',', default_value = "10,2")]
+    pub classes: Vec<usize>,
+    #[arg(long, value_enum, default_value = "full")]
+    pub lengths: Lengths,
+    #[arg(long, default_value_t = 5)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 30)]
+    pub steps: usize,
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print one JSON line shaped like the PyTorch peer's bench output
+    #[arg(long)]
+    pub json: bool,
+}

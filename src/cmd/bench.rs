@@ -1,0 +1,187 @@
+//! `polyhead bench`: times the encoder forward and whole training steps on
+//! synthetic batches, in the same shape and with the same yardstick as the
+//! PyTorch peer's `bench`, so the two outputs compare directly.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use serde_json::json;
+
+use crate::backend::cpu::CpuBackend;
+use crate::backend::Backend;
+use crate::cli::{BackendArg, BenchArgs, Lengths};
+use crate::model::init::initial_params;
+use crate::model::network::{AdamConfig, HostBatch, Network};
+use crate::model::{Dims, HeadDims, Shape};
+use crate::rng::Rng;
+use crate::usage;
+
+/// Distinct batches cycled through, as the peer does.
+const BATCH_SETS: usize = 4;
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    super::set_threads(args.threads)?;
+    if args.batch == 0 || args.steps == 0 || args.classes.is_empty() {
+        usage!("--batch, --steps and --classes must be positive");
+    }
+    if args.max_len < args.kernel_size || args.vocab_size < 3 {
+        usage!("--max-len must be at least --kernel-size, and --vocab-size at least 3");
+    }
+    match args.backend {
+        BackendArg::Cpu => bench_on(CpuBackend::new(), args),
+        BackendArg::Cuda => usage!("--backend cuda: this build has no CUDA backend"),
+    }
+}
+
+fn bench_on<B: Backend>(backend: B, args: &BenchArgs) -> Result<()> {
+    let dims = Dims {
+        vocab: args.vocab_size,
+        embed: args.embed_dim,
+        filters: args.filters,
+        kernel: args.kernel_size,
+        heads: args.classes.iter().map(|&c| HeadDims { hidden: args.hidden, classes: c }).collect(),
+    };
+    let shape = Shape::new(dims);
+    let mut rng = Rng::new(args.seed);
+    let params = initial_params(&shape, &mut rng);
+    let describe = backend.describe();
+    let mut net = Network::new(backend, shape.clone(), &params, args.batch, args.max_len)?;
+    let batches = synthetic_batches(args, &mut rng);
+    let weights = vec![1.0; args.classes.len()];
+    let adam = AdamConfig::default();
+
+    let forward = time(args, |i| {
+        net.logits(&batches[i % BATCH_SETS])?;
+        net.backend.synchronize()
+    })?;
+    let step = time(args, |i| {
+        net.backward(&batches[i % BATCH_SETS], &weights, None)?;
+        net.adam_step(&adam)?;
+        net.backend.synchronize()
+    })?;
+
+    let (b, l, k) = (args.batch as f64, args.max_len as f64, args.kernel_size as f64);
+    let per_window = 2.0 * (args.filters * args.embed_dim * args.kernel_size) as f64;
+    let nominal_flop = per_window * b * (l - k + 1.0);
+    let windows: usize = batches
+        .iter()
+        .flat_map(|batch| batch.lengths.iter())
+        .map(|&n| (n as usize).max(args.kernel_size) - args.kernel_size + 1)
+        .sum();
+    let computed_flop = per_window * windows as f64 / BATCH_SETS as f64;
+
+    let summary = |name: &str, times: &[f64]| {
+        let median = median(times);
+        let min = times.iter().cloned().fold(f64::INFINITY, f64::min);
+        let max = times.iter().cloned().fold(0.0, f64::max);
+        if !args.json {
+            println!(
+                "{name:8} median {:8.2} ms  (min {:.2}, max {:.2})  {:9.0} ex/s  \
+                 conv-fwd {:6.1} GFLOP/s ({:.1} on the windows computed)",
+                median * 1e3,
+                min * 1e3,
+                max * 1e3,
+                b / median,
+                nominal_flop / median / 1e9,
+                computed_flop / median / 1e9,
+            );
+        }
+        json!({
+            "median_ms": median * 1e3,
+            "min_ms": min * 1e3,
+            "max_ms": max * 1e3,
+            "examples_per_s": b / median,
+            "tokens_per_s": b * l / median,
+            "conv_fwd_gflop_per_s": nominal_flop / median / 1e9,
+            "computed_conv_gflop_per_s": computed_flop / median / 1e9,
+        })
+    };
+    if !args.json {
+        println!(
+            "{describe}: B {} L {} D {} F {} k {} H {} V {} classes {:?}, lengths {:?}",
+            args.batch,
+            args.max_len,
+            args.embed_dim,
+            args.filters,
+            args.kernel_size,
+            args.hidden,
+            args.vocab_size,
+            args.classes,
+            args.lengths
+        );
+    }
+    let forward = summary("forward", &forward);
+    let step = summary("step", &step);
+    let result = json!({
+        "command": "bench",
+        "backend": describe,
+        "B": args.batch, "L": args.max_len, "D": args.embed_dim, "F": args.filters,
+        "k": args.kernel_size, "H": args.hidden, "V": args.vocab_size,
+        "classes": args.classes,
+        "lengths": format!("{:?}", args.lengths).to_lowercase(),
+        "warmup": args.warmup, "steps": args.steps,
+        "threads": rayon::current_num_threads(),
+        "cpu_path": crate::backend::cpu::simd_path(),
+        "forward": forward,
+        "step": step,
+    });
+    if args.json {
+        println!("{result}");
+    }
+    Ok(())
+}
+
+/// Random token batches of the bench shape; with random lengths each text
+/// has a length uniform in `[k, L]` and padding after it.
+fn synthetic_batches(args: &BenchArgs, rng: &mut Rng) -> Vec<HostBatch> {
+    (0..BATCH_SETS)
+        .map(|_| {
+            let texts: Vec<Vec<i32>> = (0..args.batch)
+                .map(|_| {
+                    let len = match args.lengths {
+                        Lengths::Full => args.max_len,
+                        Lengths::Random => {
+                            let span = (args.max_len - args.kernel_size + 1) as u64;
+                            args.kernel_size + rng.below(span) as usize
+                        }
+                    };
+                    let vocab = (args.vocab_size - 2) as u64;
+                    (0..len).map(|_| 2 + rng.below(vocab) as i32).collect()
+                })
+                .collect();
+            let mut batch = HostBatch::default();
+            batch.fill(texts.iter().map(Vec::as_slice), args.kernel_size);
+            for &classes in &args.classes {
+                for _ in 0..args.batch {
+                    batch.labels.push(rng.below(classes as u64) as i32);
+                }
+            }
+            batch
+        })
+        .collect()
+}
+
+/// Seconds per call of `run`, for `args.steps` calls after `args.warmup`.
+fn time(args: &BenchArgs, mut run: impl FnMut(usize) -> Result<()>) -> Result<Vec<f64>> {
+    for i in 0..args.warmup {
+        run(i)?;
+    }
+    let mut times = Vec::with_capacity(args.steps);
+    for i in 0..args.steps {
+        let started = Instant::now();
+        run(i)?;
+        times.push(started.elapsed().as_secs_f64());
+    }
+    Ok(times)
+}
+
+fn median(times: &[f64]) -> f64 {
+    let mut sorted = times.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+    }
+}

@@ -1,0 +1,54 @@
+//! The subcommands. Each turns what the user typed into validated settings,
+//! runs, and reports.
+
+pub mod bench;
+pub mod eval;
+pub mod info;
+pub mod predict;
+pub mod train;
+
+use std::fmt;
+
+/// A mistake in how the command was called (exit code 2), as opposed to a
+/// failure while running (exit code 1).
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Fails with a [`UsageError`].
+#[macro_export]
+macro_rules! usage {
+    ($($arg:tt)*) => {
+        return Err(anyhow::Error::new($crate::cmd::UsageError(format!($($arg)*))))
+    };
+}
+
+/// The error and its causes on one line: `outer: inner: innermost`.
+pub fn one_line(err: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in err.chain() {
+        let text = cause.to_string().replace('\n', " ");
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
+}
+
+/// Sets the number of CPU threads for the whole process (default: all cores).
+pub fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
+    if threads == Some(0) {
+        usage!("--threads must be at least 1");
+    }
+    let n = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // A second call (tests running commands in one process) keeps the first pool.
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+    Ok(())
+}

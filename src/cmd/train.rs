@@ -1,0 +1,7 @@
+//! `polyhead train`.
+
+use anyhow::Result;
+
+pub fn run(_args: &crate::cli::TrainArgs) -> Result<()> {
+    crate::usage!("not available")
+}

@@ -1,0 +1,306 @@
+//! The model's forward and backward passes, written once over the
+//! [`Backend`] trait, with the device buffers they need.
+
+use anyhow::{ensure, Result};
+
+use crate::backend::{AdamStep, Backend, TokenBatch};
+use crate::model::Shape;
+
+/// A batch of texts on the host, padded to a common width.
+#[derive(Clone, Debug, Default)]
+pub struct HostBatch {
+    /// `[rows, width]`, 0 past each text's end.
+    pub tokens: Vec<i32>,
+    /// `[rows]`: real tokens per text.
+    pub lengths: Vec<i32>,
+    /// `[tasks, rows]`: class index or -1 for a missing label.
+    pub labels: Vec<i32>,
+    pub rows: usize,
+    pub width: usize,
+}
+
+impl HostBatch {
+    /// Fills the batch from `texts` (token ids), padding each to the longest
+    /// text and at least to `min_width` (the kernel width).
+    pub fn fill<'a>(&mut self, texts: impl Iterator<Item = &'a [i32]> + Clone, min_width: usize) {
+        self.rows = texts.clone().count();
+        self.width = texts.clone().map(<[i32]>::len).max().unwrap_or(0).max(min_width);
+        self.tokens.clear();
+        self.tokens.resize(self.rows * self.width, 0);
+        self.lengths.clear();
+        for (b, text) in texts.enumerate() {
+            self.tokens[b * self.width..][..text.len()].copy_from_slice(text);
+            self.lengths.push(text.len() as i32);
+        }
+        self.labels.clear();
+    }
+}
+
+/// Adam's settings (the step counter lives in the network).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamConfig {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+}
+
+impl Default for AdamConfig {
+    fn default() -> AdamConfig {
+        AdamConfig { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8 }
+    }
+}
+
+/// What one training step reports back.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StepLosses {
+    /// Per task: sum of cross-entropy over the labelled rows of the batch.
+    pub sums: Vec<f32>,
+    /// Per task: labelled rows in the batch.
+    pub counts: Vec<usize>,
+}
+
+impl StepLosses {
+    /// `sum_i w_i * mean CE_i`; a task without labels in the batch adds 0.
+    pub fn weighted(&self, weights: &[f32]) -> f64 {
+        self.sums
+            .iter()
+            .zip(&self.counts)
+            .zip(weights)
+            .filter(|((_, &n), _)| n > 0)
+            .map(|((&s, &n), &w)| w as f64 * s as f64 / n as f64)
+            .sum()
+    }
+}
+
+struct Workspace<B: Backend> {
+    tokens: B::Ints,
+    lengths: B::Ints,
+    labels: B::Ints,
+    h: B::Floats,
+    win: B::Ints,
+    hidden: B::Floats,
+    logits: B::Floats,
+    dlogits: B::Floats,
+    loss_sums: B::Floats,
+    dh_tasks: B::Floats,
+    dh: B::Floats,
+    mask: B::Floats,
+}
+
+/// The parameters, their gradients and Adam moments, and the per-step
+/// buffers, all on one backend. Buffers are sized once for the largest batch.
+pub struct Network<B: Backend> {
+    pub backend: B,
+    pub shape: Shape,
+    params: B::Floats,
+    grads: B::Floats,
+    m: B::Floats,
+    v: B::Floats,
+    /// Adam steps taken so far.
+    pub step: u64,
+    max_rows: usize,
+    max_width: usize,
+    ws: Workspace<B>,
+    host_logits: Vec<f32>,
+    /// Coefficients of plain summation of the tasks' gradients.
+    unit_coeffs: Vec<f32>,
+}
+
+impl<B: Backend> Network<B> {
+    /// Puts `params` (flat, in `shape`'s layout) on the backend with fresh
+    /// optimiser state, and buffers for batches up to `max_rows` texts of up
+    /// to `max_width` tokens.
+    pub fn new(
+        backend: B,
+        shape: Shape,
+        params: &[f32],
+        max_rows: usize,
+        max_width: usize,
+    ) -> Result<Network<B>> {
+        ensure!(params.len() == shape.len, "{} parameters for a model of {}", params.len(), shape.len);
+        let max_width = max_width.max(shape.dims.kernel);
+        let (f, tasks) = (shape.dims.filters, shape.tasks());
+        let ws = Workspace {
+            tokens: backend.ints(max_rows * max_width)?,
+            lengths: backend.ints(max_rows)?,
+            labels: backend.ints(max_rows * tasks)?,
+            h: backend.floats(max_rows * f)?,
+            win: backend.ints(max_rows * f)?,
+            hidden: backend.floats(max_rows * shape.sum_hidden())?,
+            logits: backend.floats(max_rows * shape.sum_classes())?,
+            dlogits: backend.floats(max_rows * shape.sum_classes())?,
+            loss_sums: backend.floats(tasks)?,
+            dh_tasks: backend.floats(tasks * max_rows * f)?,
+            dh: backend.floats(max_rows * f)?,
+            mask: backend.floats(max_rows * f)?,
+        };
+        let mut device_params = backend.floats(shape.len)?;
+        backend.upload_floats(&mut device_params, params)?;
+        Ok(Network {
+            grads: backend.floats(shape.len)?,
+            m: backend.floats(shape.len)?,
+            v: backend.floats(shape.len)?,
+            params: device_params,
+            step: 0,
+            max_rows,
+            max_width,
+            host_logits: vec![0.0; max_rows * shape.sum_classes()],
+            unit_coeffs: vec![1.0; shape.tasks()],
+            ws,
+            backend,
+            shape,
+        })
+    }
+
+    pub fn params_to_host(&self) -> Result<Vec<f32>> {
+        let mut out = vec![0.0; self.shape.len];
+        self.backend.download_floats(&self.params, &mut out)?;
+        Ok(out)
+    }
+
+    /// Adam's first and second moments, for saving a resumable state.
+    pub fn moments_to_host(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        let mut m = vec![0.0; self.shape.len];
+        let mut v = vec![0.0; self.shape.len];
+        self.backend.download_floats(&self.m, &mut m)?;
+        self.backend.download_floats(&self.v, &mut v)?;
+        Ok((m, v))
+    }
+
+    /// Restores Adam's moments and step counter.
+    pub fn set_moments(&mut self, m: &[f32], v: &[f32], step: u64) -> Result<()> {
+        ensure!(m.len() == self.shape.len && v.len() == self.shape.len, "moments of wrong size");
+        self.backend.upload_floats(&mut self.m, m)?;
+        self.backend.upload_floats(&mut self.v, v)?;
+        self.step = step;
+        Ok(())
+    }
+
+    fn upload_batch(&mut self, batch: &HostBatch) -> Result<()> {
+        ensure!(
+            batch.rows <= self.max_rows && batch.width <= self.max_width,
+            "batch of {}x{} exceeds the buffers ({}x{})",
+            batch.rows,
+            batch.width,
+            self.max_rows,
+            self.max_width
+        );
+        self.backend.upload_ints(&mut self.ws.tokens, &batch.tokens)?;
+        self.backend.upload_ints(&mut self.ws.lengths, &batch.lengths)?;
+        Ok(())
+    }
+
+    fn encode_and_heads(&mut self, batch: &HostBatch, dropout_mask: Option<&[f32]>) -> Result<()> {
+        self.upload_batch(batch)?;
+        let Workspace { tokens, lengths, h, win, hidden, logits, mask, .. } = &mut self.ws;
+        let tokens = TokenBatch { tokens, lengths, rows: batch.rows, width: batch.width };
+        self.backend.encoder_forward(&self.shape, &self.params, &tokens, h, win)?;
+        if let Some(host_mask) = dropout_mask {
+            self.backend.upload_floats(mask, host_mask)?;
+            self.backend.multiply(h, mask, host_mask.len())?;
+        }
+        self.backend.heads_forward(&self.shape, &self.params, h, batch.rows, hidden, logits)
+    }
+
+    /// Logits `[rows, sum C]` of every task for `batch` (no dropout).
+    pub fn logits(&mut self, batch: &HostBatch) -> Result<&[f32]> {
+        self.encode_and_heads(batch, None)?;
+        let n = batch.rows * self.shape.sum_classes();
+        self.backend.download_floats(&self.ws.logits, &mut self.host_logits[..n])?;
+        Ok(&self.host_logits[..n])
+    }
+
+    /// Pooled features `h [rows, F]` for `batch`.
+    pub fn features(&mut self, batch: &HostBatch) -> Result<Vec<f32>> {
+        self.encode_and_heads(batch, None)?;
+        let mut h = vec![0.0; batch.rows * self.shape.dims.filters];
+        self.backend.download_floats(&self.ws.h, &mut h)?;
+        Ok(h)
+    }
+
+    /// Forward, loss and backward for one batch, leaving the gradient of
+    /// `sum_i task_weights[i] * mean CE_i` in the gradient buffer. Returns
+    /// the per-task losses. No parameter changes.
+    pub fn backward(
+        &mut self,
+        batch: &HostBatch,
+        task_weights: &[f32],
+        dropout_mask: Option<&[f32]>,
+    ) -> Result<StepLosses> {
+        let tasks = self.shape.tasks();
+        ensure!(batch.labels.len() == tasks * batch.rows, "labels do not match the batch");
+        self.encode_and_heads(batch, dropout_mask)?;
+        self.backend.upload_ints(&mut self.ws.labels, &batch.labels)?;
+
+        let counts: Vec<usize> = (0..tasks)
+            .map(|i| batch.labels[i * batch.rows..(i + 1) * batch.rows].iter().filter(|&&y| y >= 0).count())
+            .collect();
+        let scales: Vec<f32> = counts
+            .iter()
+            .zip(task_weights)
+            .map(|(&n, &w)| if n == 0 { 0.0 } else { w / n as f32 })
+            .collect();
+
+        let Workspace {
+            tokens, lengths, labels, h, win, hidden, logits, dlogits, loss_sums, dh_tasks, dh, mask,
+        } = &mut self.ws;
+        self.backend.softmax_cross_entropy(
+            &self.shape,
+            logits,
+            labels,
+            batch.rows,
+            &scales,
+            dlogits,
+            loss_sums,
+        )?;
+        let mut sums = vec![0.0; tasks];
+        self.backend.download_floats(loss_sums, &mut sums)?;
+
+        self.backend.heads_backward(
+            &self.shape,
+            &self.params,
+            h,
+            hidden,
+            dlogits,
+            batch.rows,
+            &mut self.grads,
+            dh_tasks,
+        )?;
+        let len = batch.rows * self.shape.dims.filters;
+        self.backend.combine_tasks(dh_tasks, &self.unit_coeffs, len, dh)?;
+        if dropout_mask.is_some() {
+            self.backend.multiply(dh, mask, len)?;
+        }
+
+        let tokens = TokenBatch { tokens, lengths, rows: batch.rows, width: batch.width };
+        self.backend.encoder_backward(&self.shape, &self.params, &tokens, h, win, dh, &mut self.grads)?;
+        Ok(StepLosses { sums, counts })
+    }
+
+    /// The gradient buffer, on the host.
+    pub fn grads_to_host(&self) -> Result<Vec<f32>> {
+        let mut out = vec![0.0; self.shape.len];
+        self.backend.download_floats(&self.grads, &mut out)?;
+        Ok(out)
+    }
+
+    /// Applies one Adam step with the gradient left by [`Network::backward`].
+    pub fn adam_step(&mut self, adam: &AdamConfig) -> Result<()> {
+        self.step += 1;
+        let step = AdamStep {
+            lr: adam.lr,
+            beta1: adam.beta1,
+            beta2: adam.beta2,
+            eps: adam.eps,
+            step: self.step,
+            grad_scale: 1.0,
+        };
+        self.backend.adam(&mut self.params, &self.grads, &mut self.m, &mut self.v, self.shape.len, &step)
+    }
+
+    /// Whether every gradient is finite.
+    pub fn grads_finite(&mut self) -> Result<bool> {
+        self.backend.all_finite(&self.grads, self.shape.len)
+    }
+}
