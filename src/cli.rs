@@ -6,8 +6,12 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
-#[command(name = "polyhead", version, about = "Multi-task text classification: one CNN encoder, \
-    one small head per task, trained together on the CPU or an NVIDIA GPU")]
+#[command(
+    name = "polyhead",
+    version,
+    about = "Multi-task text classification: one CNN encoder, \
+    one small head per task, trained together on the CPU or an NVIDIA GPU"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -73,7 +77,12 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 128, value_name = "TOKENS")]
     pub max_len: usize,
     /// Most words kept in the vocabulary (besides <pad> and <unk>), most frequent first
-    #[arg(long, alias = "max-vocab", default_value_t = 50_000, value_name = "WORDS")]
+    #[arg(
+        long,
+        alias = "max-vocab",
+        default_value_t = 50_000,
+        value_name = "WORDS"
+    )]
     pub vocab_size: usize,
     /// Words seen fewer times in training become <unk>
     #[arg(long, default_value_t = 1, value_name = "N")]

@@ -13,7 +13,9 @@ pub struct Rng {
 
 impl Rng {
     pub fn new(seed: u64) -> Rng {
-        Rng { state: seed ^ 0x9e37_79b9_7f4a_7c15 }
+        Rng {
+            state: seed ^ 0x9e37_79b9_7f4a_7c15,
+        }
     }
 
     /// A stream independent of this one, for one purpose (weights, shuffles).
@@ -79,7 +81,10 @@ mod tests {
         let normals: Vec<f64> = (0..100_000).map(|_| a.normal()).collect();
         let m = normals.iter().sum::<f64>() / normals.len() as f64;
         let var = normals.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / normals.len() as f64;
-        assert!(m.abs() < 0.02 && (var - 1.0).abs() < 0.03, "mean {m} var {var}");
+        assert!(
+            m.abs() < 0.02 && (var - 1.0).abs() < 0.03,
+            "mean {m} var {var}"
+        );
     }
 
     #[test]

@@ -39,7 +39,14 @@ fn bench_on<B: Backend>(backend: B, args: &BenchArgs) -> Result<()> {
         embed: args.embed_dim,
         filters: args.filters,
         kernel: args.kernel_size,
-        heads: args.classes.iter().map(|&c| HeadDims { hidden: args.hidden, classes: c }).collect(),
+        heads: args
+            .classes
+            .iter()
+            .map(|&c| HeadDims {
+                hidden: args.hidden,
+                classes: c,
+            })
+            .collect(),
     };
     let shape = Shape::new(dims);
     let mut rng = Rng::new(args.seed);
@@ -60,7 +67,11 @@ fn bench_on<B: Backend>(backend: B, args: &BenchArgs) -> Result<()> {
         net.backend.synchronize()
     })?;
 
-    let (b, l, k) = (args.batch as f64, args.max_len as f64, args.kernel_size as f64);
+    let (b, l, k) = (
+        args.batch as f64,
+        args.max_len as f64,
+        args.kernel_size as f64,
+    );
     let per_window = 2.0 * (args.filters * args.embed_dim * args.kernel_size) as f64;
     let nominal_flop = per_window * b * (l - k + 1.0);
     let windows: usize = batches

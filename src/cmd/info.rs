@@ -4,7 +4,11 @@ use anyhow::Result;
 
 pub fn run() -> Result<()> {
     println!("polyhead {}", env!("CARGO_PKG_VERSION"));
-    println!("cpu: {} threads, kernel path {}", rayon::current_num_threads(), crate::backend::cpu::simd_path());
+    println!(
+        "cpu: {} threads, kernel path {}",
+        rayon::current_num_threads(),
+        crate::backend::cpu::simd_path()
+    );
     println!("cpu features: {}", cpu_features().join(" "));
     Ok(())
 }
@@ -21,7 +25,18 @@ pub fn cpu_features() -> Vec<&'static str> {
                 }
             )*};
         }
-        probe!("sse4.2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512bf16", "avx512fp16");
+        probe!(
+            "sse4.2",
+            "avx",
+            "avx2",
+            "fma",
+            "f16c",
+            "avx512f",
+            "avx512bw",
+            "avx512vl",
+            "avx512bf16",
+            "avx512fp16"
+        );
     }
     found
 }

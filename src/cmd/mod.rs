@@ -49,6 +49,8 @@ pub fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
     }
     let n = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     // A second call (tests running commands in one process) keeps the first pool.
-    let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global();
     Ok(())
 }

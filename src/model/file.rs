@@ -59,7 +59,10 @@ impl ModelConfig {
             heads: self
                 .tasks
                 .iter()
-                .map(|t| HeadDims { hidden: t.hidden, classes: t.classes.len() })
+                .map(|t| HeadDims {
+                    hidden: t.hidden,
+                    classes: t.classes.len(),
+                })
                 .collect(),
         }
     }
@@ -84,7 +87,12 @@ impl Model {
         if params.len() != shape.len {
             bail!("{} parameters for a model of {}", params.len(), shape.len);
         }
-        Ok(Model { config, vocab, shape, params })
+        Ok(Model {
+            config,
+            vocab,
+            shape,
+            params,
+        })
     }
 
     /// The metadata stored in the file.
@@ -111,7 +119,10 @@ impl Model {
         let mut views = Vec::with_capacity(tensors.len());
         for (name, dims, span) in &tensors {
             let bytes: &[u8] = bytemuck::cast_slice(&self.params[span.range()]);
-            views.push((name.clone(), TensorView::new(Dtype::F32, dims.clone(), bytes)?));
+            views.push((
+                name.clone(),
+                TensorView::new(Dtype::F32, dims.clone(), bytes)?,
+            ));
         }
         Ok(safetensors::serialize(views, Some(self.metadata()?))?)
     }
@@ -119,7 +130,8 @@ impl Model {
     /// Writes the model atomically (temporary file, fsync, rename).
     pub fn save(&self, path: &Path) -> Result<()> {
         let bytes = self.to_bytes()?;
-        write_atomic(path, &bytes).with_context(|| format!("cannot save the model to {}", path.display()))
+        write_atomic(path, &bytes)
+            .with_context(|| format!("cannot save the model to {}", path.display()))
     }
 
     pub fn load(path: &Path) -> Result<Model> {
@@ -141,11 +153,15 @@ impl Model {
             .map_err(|e| anyhow::anyhow!("invalid safetensors file: {e}"))?;
         let meta = header.metadata().clone().unwrap_or_default();
         let field = |key: &str| -> Result<&String> {
-            meta.get(key).with_context(|| format!("metadata has no \"{key}\" entry"))
+            meta.get(key)
+                .with_context(|| format!("metadata has no \"{key}\" entry"))
         };
 
         if field("format")? != "polyhead" {
-            bail!("metadata \"format\" is {:?}, not \"polyhead\"", field("format")?);
+            bail!(
+                "metadata \"format\" is {:?}, not \"polyhead\"",
+                field("format")?
+            );
         }
         let version: u32 = field("format_version")?
             .parse()
@@ -163,28 +179,47 @@ impl Model {
         let mut params = vec![0.0f32; shape.len];
         let expected = shape.named_tensors(&config.task_names());
         for (name, dims, span) in &expected {
-            let view = tensors.tensor(name).map_err(|_| anyhow::anyhow!("tensor {name} is missing"))?;
+            let view = tensors
+                .tensor(name)
+                .map_err(|_| anyhow::anyhow!("tensor {name} is missing"))?;
             if view.dtype() != Dtype::F32 {
                 bail!("tensor {name} is {:?}, expected F32", view.dtype());
             }
             if view.shape() != dims.as_slice() {
-                bail!("tensor {name} has shape {:?}, the metadata implies {:?}", view.shape(), dims);
+                bail!(
+                    "tensor {name} has shape {:?}, the metadata implies {:?}",
+                    view.shape(),
+                    dims
+                );
             }
-            for (out, chunk) in params[span.range()].iter_mut().zip(view.data().chunks_exact(4)) {
+            for (out, chunk) in params[span.range()]
+                .iter_mut()
+                .zip(view.data().chunks_exact(4))
+            {
                 *out = f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
             }
         }
         if tensors.len() != expected.len() {
             let known: Vec<&str> = expected.iter().map(|(n, _, _)| n.as_str()).collect();
             let extra = tensors.names().into_iter().find(|n| !known.contains(n));
-            bail!("unexpected tensor {}", extra.map_or("?".to_string(), |n| n.to_string()));
+            bail!(
+                "unexpected tensor {}",
+                extra.map_or("?".to_string(), |n| n.to_string())
+            );
         }
         if let Some(bad) = params.iter().position(|v| !v.is_finite()) {
-            let (name, _, _) =
-                expected.iter().find(|(_, _, s)| s.range().contains(&bad)).expect("spans tile");
+            let (name, _, _) = expected
+                .iter()
+                .find(|(_, _, s)| s.range().contains(&bad))
+                .expect("spans tile");
             bail!("tensor {name} holds a non-finite value");
         }
-        Ok(Model { config, vocab, shape, params })
+        Ok(Model {
+            config,
+            vocab,
+            shape,
+            params,
+        })
     }
 }
 
@@ -208,7 +243,12 @@ fn check_config(config: &ModelConfig, vocab: &[String]) -> Result<()> {
     }
     for task in &config.tasks {
         if task.classes.is_empty() || task.hidden == 0 || task.hidden > 1 << 16 {
-            bail!("task {} has {} classes and hidden {}", task.name, task.classes.len(), task.hidden);
+            bail!(
+                "task {} has {} classes and hidden {}",
+                task.name,
+                task.classes.len(),
+                task.hidden
+            );
         }
     }
     Ok(())
@@ -226,11 +266,22 @@ mod tests {
             max_len: 16,
             lowercase: true,
             tasks: vec![
-                TaskConfig { name: "topic".into(), hidden: 5, classes: vec!["a".into(), "b".into()] },
-                TaskConfig { name: "mood".into(), hidden: 2, classes: vec!["x".into(); 3] },
+                TaskConfig {
+                    name: "topic".into(),
+                    hidden: 5,
+                    classes: vec!["a".into(), "b".into()],
+                },
+                TaskConfig {
+                    name: "mood".into(),
+                    hidden: 2,
+                    classes: vec!["x".into(); 3],
+                },
             ],
         };
-        let vocab: Vec<String> = ["<pad>", "<unk>", "hello"].iter().map(|s| s.to_string()).collect();
+        let vocab: Vec<String> = ["<pad>", "<unk>", "hello"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let len = Shape::new(config.dims(vocab.len())).len;
         let params = (0..len).map(|i| i as f32 * 0.25 - 3.0).collect();
         Model::new(config, vocab, params).unwrap()
@@ -250,18 +301,26 @@ mod tests {
         model.config.filters = 4;
         let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
         let mut meta = header.metadata().clone().unwrap();
-        meta.insert("config".into(), serde_json::to_string(&model.config).unwrap());
+        meta.insert(
+            "config".into(),
+            serde_json::to_string(&model.config).unwrap(),
+        );
         let tensors = SafeTensors::deserialize(&bytes).unwrap();
         let views: Vec<(String, TensorView)> = tensors.tensors();
         let altered = safetensors::serialize(views, Some(meta)).unwrap();
         let err = Model::from_bytes(&altered).unwrap_err().to_string();
-        assert!(err.contains("tensor conv.weight has shape [3, 4, 2]"), "{err}");
+        assert!(
+            err.contains("tensor conv.weight has shape [3, 4, 2]"),
+            "{err}"
+        );
     }
 
     #[test]
     fn truncated_file_is_rejected() {
         let bytes = small_model().to_bytes().unwrap();
-        let err = Model::from_bytes(&bytes[..bytes.len() - 8]).unwrap_err().to_string();
+        let err = Model::from_bytes(&bytes[..bytes.len() - 8])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("invalid safetensors file"), "{err}");
     }
 }

@@ -47,14 +47,21 @@ mod tests {
             embed: 8,
             filters: 6,
             kernel: 3,
-            heads: vec![HeadDims { hidden: 4, classes: 3 }],
+            heads: vec![HeadDims {
+                hidden: 4,
+                classes: 3,
+            }],
         });
         let params = initial_params(&shape, &mut Rng::new(1));
         assert!(params[..8].iter().all(|&v| v == 0.0));
         assert!(params[8..shape.embedding.len].iter().all(|&v| v != 0.0));
         let bound = 1.0 / (24.0f32).sqrt();
-        assert!(params[shape.conv_weight.range()].iter().all(|v| v.abs() <= bound));
+        assert!(params[shape.conv_weight.range()]
+            .iter()
+            .all(|v| v.abs() <= bound));
         let out_bound = 0.5;
-        assert!(params[shape.heads[0].out_weight.range()].iter().all(|v| v.abs() <= out_bound));
+        assert!(params[shape.heads[0].out_weight.range()]
+            .iter()
+            .all(|v| v.abs() <= out_bound));
     }
 }

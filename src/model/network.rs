@@ -24,7 +24,12 @@ impl HostBatch {
     /// text and at least to `min_width` (the kernel width).
     pub fn fill<'a>(&mut self, texts: impl Iterator<Item = &'a [i32]> + Clone, min_width: usize) {
         self.rows = texts.clone().count();
-        self.width = texts.clone().map(<[i32]>::len).max().unwrap_or(0).max(min_width);
+        self.width = texts
+            .clone()
+            .map(<[i32]>::len)
+            .max()
+            .unwrap_or(0)
+            .max(min_width);
         self.tokens.clear();
         self.tokens.resize(self.rows * self.width, 0);
         self.lengths.clear();
@@ -47,7 +52,12 @@ pub struct AdamConfig {
 
 impl Default for AdamConfig {
     fn default() -> AdamConfig {
-        AdamConfig { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8 }
+        AdamConfig {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        }
     }
 }
 
@@ -118,7 +128,12 @@ impl<B: Backend> Network<B> {
         max_rows: usize,
         max_width: usize,
     ) -> Result<Network<B>> {
-        ensure!(params.len() == shape.len, "{} parameters for a model of {}", params.len(), shape.len);
+        ensure!(
+            params.len() == shape.len,
+            "{} parameters for a model of {}",
+            params.len(),
+            shape.len
+        );
         let max_width = max_width.max(shape.dims.kernel);
         let (f, tasks) = (shape.dims.filters, shape.tasks());
         let ws = Workspace {
@@ -170,7 +185,10 @@ impl<B: Backend> Network<B> {
 
     /// Restores Adam's moments and step counter.
     pub fn set_moments(&mut self, m: &[f32], v: &[f32], step: u64) -> Result<()> {
-        ensure!(m.len() == self.shape.len && v.len() == self.shape.len, "moments of wrong size");
+        ensure!(
+            m.len() == self.shape.len && v.len() == self.shape.len,
+            "moments of wrong size"
+        );
         self.backend.upload_floats(&mut self.m, m)?;
         self.backend.upload_floats(&mut self.v, v)?;
         self.step = step;
@@ -186,28 +204,47 @@ impl<B: Backend> Network<B> {
             self.max_rows,
             self.max_width
         );
-        self.backend.upload_ints(&mut self.ws.tokens, &batch.tokens)?;
-        self.backend.upload_ints(&mut self.ws.lengths, &batch.lengths)?;
+        self.backend
+            .upload_ints(&mut self.ws.tokens, &batch.tokens)?;
+        self.backend
+            .upload_ints(&mut self.ws.lengths, &batch.lengths)?;
         Ok(())
     }
 
     fn encode_and_heads(&mut self, batch: &HostBatch, dropout_mask: Option<&[f32]>) -> Result<()> {
         self.upload_batch(batch)?;
-        let Workspace { tokens, lengths, h, win, hidden, logits, mask, .. } = &mut self.ws;
-        let tokens = TokenBatch { tokens, lengths, rows: batch.rows, width: batch.width };
-        self.backend.encoder_forward(&self.shape, &self.params, &tokens, h, win)?;
+        let Workspace {
+            tokens,
+            lengths,
+            h,
+            win,
+            hidden,
+            logits,
+            mask,
+            ..
+        } = &mut self.ws;
+        let tokens = TokenBatch {
+            tokens,
+            lengths,
+            rows: batch.rows,
+            width: batch.width,
+        };
+        self.backend
+            .encoder_forward(&self.shape, &self.params, &tokens, h, win)?;
         if let Some(host_mask) = dropout_mask {
             self.backend.upload_floats(mask, host_mask)?;
             self.backend.multiply(h, mask, host_mask.len())?;
         }
-        self.backend.heads_forward(&self.shape, &self.params, h, batch.rows, hidden, logits)
+        self.backend
+            .heads_forward(&self.shape, &self.params, h, batch.rows, hidden, logits)
     }
 
     /// Logits `[rows, sum C]` of every task for `batch` (no dropout).
     pub fn logits(&mut self, batch: &HostBatch) -> Result<&[f32]> {
         self.encode_and_heads(batch, None)?;
         let n = batch.rows * self.shape.sum_classes();
-        self.backend.download_floats(&self.ws.logits, &mut self.host_logits[..n])?;
+        self.backend
+            .download_floats(&self.ws.logits, &mut self.host_logits[..n])?;
         Ok(&self.host_logits[..n])
     }
 
@@ -229,12 +266,21 @@ impl<B: Backend> Network<B> {
         dropout_mask: Option<&[f32]>,
     ) -> Result<StepLosses> {
         let tasks = self.shape.tasks();
-        ensure!(batch.labels.len() == tasks * batch.rows, "labels do not match the batch");
+        ensure!(
+            batch.labels.len() == tasks * batch.rows,
+            "labels do not match the batch"
+        );
         self.encode_and_heads(batch, dropout_mask)?;
-        self.backend.upload_ints(&mut self.ws.labels, &batch.labels)?;
+        self.backend
+            .upload_ints(&mut self.ws.labels, &batch.labels)?;
 
         let counts: Vec<usize> = (0..tasks)
-            .map(|i| batch.labels[i * batch.rows..(i + 1) * batch.rows].iter().filter(|&&y| y >= 0).count())
+            .map(|i| {
+                batch.labels[i * batch.rows..(i + 1) * batch.rows]
+                    .iter()
+                    .filter(|&&y| y >= 0)
+                    .count()
+            })
             .collect();
         let scales: Vec<f32> = counts
             .iter()
@@ -243,7 +289,18 @@ impl<B: Backend> Network<B> {
             .collect();
 
         let Workspace {
-            tokens, lengths, labels, h, win, hidden, logits, dlogits, loss_sums, dh_tasks, dh, mask,
+            tokens,
+            lengths,
+            labels,
+            h,
+            win,
+            hidden,
+            logits,
+            dlogits,
+            loss_sums,
+            dh_tasks,
+            dh,
+            mask,
         } = &mut self.ws;
         self.backend.softmax_cross_entropy(
             &self.shape,
@@ -268,13 +325,27 @@ impl<B: Backend> Network<B> {
             dh_tasks,
         )?;
         let len = batch.rows * self.shape.dims.filters;
-        self.backend.combine_tasks(dh_tasks, &self.unit_coeffs, len, dh)?;
+        self.backend
+            .combine_tasks(dh_tasks, &self.unit_coeffs, len, dh)?;
         if dropout_mask.is_some() {
             self.backend.multiply(dh, mask, len)?;
         }
 
-        let tokens = TokenBatch { tokens, lengths, rows: batch.rows, width: batch.width };
-        self.backend.encoder_backward(&self.shape, &self.params, &tokens, h, win, dh, &mut self.grads)?;
+        let tokens = TokenBatch {
+            tokens,
+            lengths,
+            rows: batch.rows,
+            width: batch.width,
+        };
+        self.backend.encoder_backward(
+            &self.shape,
+            &self.params,
+            &tokens,
+            h,
+            win,
+            dh,
+            &mut self.grads,
+        )?;
         Ok(StepLosses { sums, counts })
     }
 
@@ -296,7 +367,14 @@ impl<B: Backend> Network<B> {
             step: self.step,
             grad_scale: 1.0,
         };
-        self.backend.adam(&mut self.params, &self.grads, &mut self.m, &mut self.v, self.shape.len, &step)
+        self.backend.adam(
+            &mut self.params,
+            &self.grads,
+            &mut self.m,
+            &mut self.v,
+            self.shape.len,
+            &step,
+        )
     }
 
     /// Whether every gradient is finite.

@@ -88,8 +88,11 @@ impl Shape {
         let conv_weight = take(dims.filters * dims.embed * dims.kernel);
         let conv_bias = take(dims.filters);
 
-        let hidden_weight: Vec<Span> =
-            dims.heads.iter().map(|h| take(h.hidden * dims.filters)).collect();
+        let hidden_weight: Vec<Span> = dims
+            .heads
+            .iter()
+            .map(|h| take(h.hidden * dims.filters))
+            .collect();
         let hidden_bias: Vec<Span> = dims.heads.iter().map(|h| take(h.hidden)).collect();
         let out: Vec<(Span, Span)> = dims
             .heads
@@ -98,7 +101,9 @@ impl Shape {
             .collect();
 
         let sum_hidden: usize = dims.heads.iter().map(|h| h.hidden).sum();
-        let first_hidden = hidden_weight.first().map_or(conv_bias.offset + conv_bias.len, |s| s.offset);
+        let first_hidden = hidden_weight
+            .first()
+            .map_or(conv_bias.offset + conv_bias.len, |s| s.offset);
         let first_bias = hidden_bias.first().map_or(first_hidden, |s| s.offset);
         let heads = (0..dims.heads.len())
             .map(|i| HeadSpans {
@@ -113,8 +118,14 @@ impl Shape {
             embedding,
             conv_weight,
             conv_bias,
-            hidden_weights: Span { offset: first_hidden, len: sum_hidden * dims.filters },
-            hidden_biases: Span { offset: first_bias, len: sum_hidden },
+            hidden_weights: Span {
+                offset: first_hidden,
+                len: sum_hidden * dims.filters,
+            },
+            hidden_biases: Span {
+                offset: first_bias,
+                len: sum_hidden,
+            },
             heads,
             len: next,
             dims,
@@ -149,8 +160,16 @@ impl Shape {
     pub fn named_tensors(&self, task_names: &[String]) -> Vec<(String, Vec<usize>, Span)> {
         let d = &self.dims;
         let mut out = vec![
-            ("embedding.weight".to_string(), vec![d.vocab, d.embed], self.embedding),
-            ("conv.weight".to_string(), vec![d.filters, d.embed, d.kernel], self.conv_weight),
+            (
+                "embedding.weight".to_string(),
+                vec![d.vocab, d.embed],
+                self.embedding,
+            ),
+            (
+                "conv.weight".to_string(),
+                vec![d.filters, d.embed, d.kernel],
+                self.conv_weight,
+            ),
             ("conv.bias".to_string(), vec![d.filters], self.conv_bias),
         ];
         for (i, (spans, head)) in self.heads.iter().zip(&d.heads).enumerate() {
@@ -160,13 +179,21 @@ impl Shape {
                 vec![head.hidden, d.filters],
                 spans.hidden_weight,
             ));
-            out.push((format!("heads.{name}.hidden.bias"), vec![head.hidden], spans.hidden_bias));
+            out.push((
+                format!("heads.{name}.hidden.bias"),
+                vec![head.hidden],
+                spans.hidden_bias,
+            ));
             out.push((
                 format!("heads.{name}.out.weight"),
                 vec![head.classes, head.hidden],
                 spans.out_weight,
             ));
-            out.push((format!("heads.{name}.out.bias"), vec![head.classes], spans.out_bias));
+            out.push((
+                format!("heads.{name}.out.bias"),
+                vec![head.classes],
+                spans.out_bias,
+            ));
         }
         out.sort_by_key(|(_, _, span)| span.offset);
         out
@@ -183,7 +210,16 @@ mod tests {
             embed: 3,
             filters: 4,
             kernel: 2,
-            heads: vec![HeadDims { hidden: 5, classes: 2 }, HeadDims { hidden: 6, classes: 3 }],
+            heads: vec![
+                HeadDims {
+                    hidden: 5,
+                    classes: 2,
+                },
+                HeadDims {
+                    hidden: 6,
+                    classes: 3,
+                },
+            ],
         }
     }
 
@@ -203,11 +239,23 @@ mod tests {
     #[test]
     fn hidden_weights_are_one_concatenated_matrix() {
         let shape = Shape::new(dims());
-        assert_eq!(shape.hidden_weights.offset, shape.heads[0].hidden_weight.offset);
-        assert_eq!(shape.heads[1].hidden_weight.offset, shape.heads[0].hidden_weight.offset + 5 * 4);
+        assert_eq!(
+            shape.hidden_weights.offset,
+            shape.heads[0].hidden_weight.offset
+        );
+        assert_eq!(
+            shape.heads[1].hidden_weight.offset,
+            shape.heads[0].hidden_weight.offset + 5 * 4
+        );
         assert_eq!(shape.hidden_weights.len, 11 * 4);
-        assert_eq!(shape.hidden_biases.offset, shape.heads[0].hidden_bias.offset);
-        assert_eq!(shape.heads[1].hidden_bias.offset, shape.heads[0].hidden_bias.offset + 5);
+        assert_eq!(
+            shape.hidden_biases.offset,
+            shape.heads[0].hidden_bias.offset
+        );
+        assert_eq!(
+            shape.heads[1].hidden_bias.offset,
+            shape.heads[0].hidden_bias.offset + 5
+        );
         assert_eq!(shape.sum_hidden(), 11);
         assert_eq!(shape.sum_classes(), 5);
         assert_eq!(shape.class_offset(1), 2);

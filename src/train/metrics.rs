@@ -56,7 +56,11 @@ pub struct TaskScores {
 
 impl Confusion {
     pub fn new(classes: usize) -> Confusion {
-        Confusion { classes, counts: vec![0; classes * classes], unknown_gold: vec![0; classes] }
+        Confusion {
+            classes,
+            counts: vec![0; classes * classes],
+            unknown_gold: vec![0; classes],
+        }
     }
 
     /// Records one row. `gold` is a class index, `classes` (or more) for a
@@ -76,8 +80,9 @@ impl Confusion {
     pub fn scores(&self, names: &[String]) -> TaskScores {
         let n = self.classes;
         let gold_of = |c: usize| -> u64 { self.counts[c * n..(c + 1) * n].iter().sum() };
-        let predicted_of =
-            |c: usize| -> u64 { (0..n).map(|g| self.counts[g * n + c]).sum::<u64>() + self.unknown_gold[c] };
+        let predicted_of = |c: usize| -> u64 {
+            (0..n).map(|g| self.counts[g * n + c]).sum::<u64>() + self.unknown_gold[c]
+        };
         let correct: u64 = (0..n).map(|c| self.counts[c * n + c]).sum();
         let unknown: u64 = self.unknown_gold.iter().sum();
         let labelled = (0..n).map(gold_of).sum::<u64>() + unknown;
@@ -87,9 +92,21 @@ impl Confusion {
         for c in 0..n {
             let tp = self.counts[c * n + c];
             let (support, predicted) = (gold_of(c), predicted_of(c));
-            let precision = if predicted == 0 { 0.0 } else { tp as f64 / predicted as f64 };
-            let recall = if support == 0 { 0.0 } else { tp as f64 / support as f64 };
-            let f1 = if tp == 0 { 0.0 } else { 2.0 * tp as f64 / (support + predicted) as f64 };
+            let precision = if predicted == 0 {
+                0.0
+            } else {
+                tp as f64 / predicted as f64
+            };
+            let recall = if support == 0 {
+                0.0
+            } else {
+                tp as f64 / support as f64
+            };
+            let f1 = if tp == 0 {
+                0.0
+            } else {
+                2.0 * tp as f64 / (support + predicted) as f64
+            };
             let excluded = support == 0 && predicted == 0;
             if !excluded {
                 f1_sum += f1;
@@ -111,11 +128,25 @@ impl Confusion {
         TaskScores {
             labelled,
             unknown_labels: unknown,
-            accuracy: if labelled == 0 { f64::NAN } else { correct as f64 / labelled as f64 },
-            macro_f1: if f1_count == 0 { f64::NAN } else { f1_sum / f1_count as f64 },
-            weighted_f1: if known == 0 { f64::NAN } else { weighted / known as f64 },
+            accuracy: if labelled == 0 {
+                f64::NAN
+            } else {
+                correct as f64 / labelled as f64
+            },
+            macro_f1: if f1_count == 0 {
+                f64::NAN
+            } else {
+                f1_sum / f1_count as f64
+            },
+            weighted_f1: if known == 0 {
+                f64::NAN
+            } else {
+                weighted / known as f64
+            },
             classes,
-            confusion: (0..n).map(|g| self.counts[g * n..(g + 1) * n].to_vec()).collect(),
+            confusion: (0..n)
+                .map(|g| self.counts[g * n..(g + 1) * n].to_vec())
+                .collect(),
         }
     }
 }
@@ -151,7 +182,10 @@ mod tests {
         }
         assert!(close(s.macro_f1, 0.296296), "{}", s.macro_f1);
         assert!(close(s.weighted_f1, 0.711111), "{}", s.weighted_f1);
-        assert_eq!(s.confusion, vec![vec![8, 0, 0], vec![1, 0, 0], vec![1, 0, 0]]);
+        assert_eq!(
+            s.confusion,
+            vec![vec![8, 0, 0], vec![1, 0, 0], vec![1, 0, 0]]
+        );
     }
 
     /// gold 0,0,1,1; pred 0,1,0,1: the same whatever the batching.

@@ -86,8 +86,12 @@ pub fn evaluate<B: Backend>(
     let tasks = shape.tasks();
     let sum_c = shape.sum_classes();
     let mut predictions = vec![Vec::with_capacity(data.rows()); tasks];
-    let mut confusions: Vec<Confusion> =
-        shape.dims.heads.iter().map(|h| Confusion::new(h.classes)).collect();
+    let mut confusions: Vec<Confusion> = shape
+        .dims
+        .heads
+        .iter()
+        .map(|h| Confusion::new(h.classes))
+        .collect();
     let mut loss_sums = vec![0.0f64; tasks];
     let mut loss_counts = vec![0usize; tasks];
     let mut batch = HostBatch::default();
@@ -116,7 +120,11 @@ pub fn evaluate<B: Backend>(
         .filter(|(_, &n)| n > 0)
         .map(|(s, &n)| s / n as f64)
         .sum();
-    Ok(Evaluation { predictions, confusions, loss })
+    Ok(Evaluation {
+        predictions,
+        confusions,
+        loss,
+    })
 }
 
 /// Index of the largest value (the first of equals).
@@ -140,7 +148,11 @@ pub fn softmax(logits: &[f32]) -> Vec<f64> {
 
 fn cross_entropy(logits: &[f32], gold: usize) -> f64 {
     let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
-    let log_sum = logits.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+    let log_sum = logits
+        .iter()
+        .map(|&x| (x as f64 - max).exp())
+        .sum::<f64>()
+        .ln();
     log_sum - (logits[gold] as f64 - max)
 }
 
@@ -179,13 +191,19 @@ pub fn train<B: Backend>(
         for (step, chunk) in order.chunks(config.batch_size).enumerate() {
             batch.fill(chunk.iter().map(|&r| train.text(r)), shape.dims.kernel);
             for i in 0..tasks {
-                batch.labels.extend(chunk.iter().map(|&r| train.labels[i][r]));
+                batch
+                    .labels
+                    .extend(chunk.iter().map(|&r| train.labels[i][r]));
             }
             let dropout = if config.dropout > 0.0 {
                 let keep = 1.0 / (1.0 - config.dropout);
                 let n = chunk.len() * filters;
                 for m in &mut mask[..n] {
-                    *m = if rng.next_f64() < config.dropout as f64 { 0.0 } else { keep };
+                    *m = if rng.next_f64() < config.dropout as f64 {
+                        0.0
+                    } else {
+                        keep
+                    };
                 }
                 Some(&mask[..n])
             } else {
@@ -205,7 +223,13 @@ pub fn train<B: Backend>(
             }
             net.adam_step(&config.adam)?;
             loss_total += loss;
-            observe(net, Event::Batch { done: step + 1, loss: loss_total / (step + 1) as f64 })?;
+            observe(
+                net,
+                Event::Batch {
+                    done: step + 1,
+                    loss: loss_total / (step + 1) as f64,
+                },
+            )?;
         }
         net.backend.synchronize()?;
         let seconds = started.elapsed().as_secs_f64();
@@ -219,7 +243,13 @@ pub fn train<B: Backend>(
                     .zip(task_names)
                     .map(|(c, name)| {
                         let s: TaskScores = c.scores(&[]);
-                        (name.clone(), TaskSummary { accuracy: s.accuracy, macro_f1: s.macro_f1 })
+                        (
+                            name.clone(),
+                            TaskSummary {
+                                accuracy: s.accuracy,
+                                macro_f1: s.macro_f1,
+                            },
+                        )
                     })
                     .collect();
                 (Some(eval.loss), scores)

@@ -64,25 +64,45 @@ impl Backend for CpuBackend {
     }
 
     fn upload_floats(&self, dst: &mut Vec<f32>, src: &[f32]) -> Result<()> {
-        ensure!(src.len() <= dst.len(), "upload of {} floats into {}", src.len(), dst.len());
+        ensure!(
+            src.len() <= dst.len(),
+            "upload of {} floats into {}",
+            src.len(),
+            dst.len()
+        );
         dst[..src.len()].copy_from_slice(src);
         Ok(())
     }
 
     fn download_floats(&self, src: &Vec<f32>, dst: &mut [f32]) -> Result<()> {
-        ensure!(dst.len() <= src.len(), "download of {} floats from {}", dst.len(), src.len());
+        ensure!(
+            dst.len() <= src.len(),
+            "download of {} floats from {}",
+            dst.len(),
+            src.len()
+        );
         dst.copy_from_slice(&src[..dst.len()]);
         Ok(())
     }
 
     fn upload_ints(&self, dst: &mut Vec<i32>, src: &[i32]) -> Result<()> {
-        ensure!(src.len() <= dst.len(), "upload of {} ints into {}", src.len(), dst.len());
+        ensure!(
+            src.len() <= dst.len(),
+            "upload of {} ints into {}",
+            src.len(),
+            dst.len()
+        );
         dst[..src.len()].copy_from_slice(src);
         Ok(())
     }
 
     fn download_ints(&self, src: &Vec<i32>, dst: &mut [i32]) -> Result<()> {
-        ensure!(dst.len() <= src.len(), "download of {} ints from {}", dst.len(), src.len());
+        ensure!(
+            dst.len() <= src.len(),
+            "download of {} ints from {}",
+            dst.len(),
+            src.len()
+        );
         dst.copy_from_slice(&src[..dst.len()]);
         Ok(())
     }
@@ -121,12 +141,21 @@ impl Backend for CpuBackend {
             .zip(win[..batch.rows * filters].par_chunks_mut(filters))
             .enumerate()
             .for_each_init(
-                || (vec![0.0f32; (width.max(kernel)) * dim], vec![0.0f32; filters]),
+                || {
+                    (
+                        vec![0.0f32; (width.max(kernel)) * dim],
+                        vec![0.0f32; filters],
+                    )
+                },
                 |(gathered, z), (b, (h_row, win_row))| {
                     let len = (batch.lengths[b].max(0) as usize).min(width);
                     let positions = len.max(kernel);
                     for p in 0..positions {
-                        let token = if p < len { batch.tokens[b * width + p] as usize } else { 0 };
+                        let token = if p < len {
+                            batch.tokens[b * width + p] as usize
+                        } else {
+                            0
+                        };
                         gathered[p * dim..(p + 1) * dim]
                             .copy_from_slice(&emb[token * dim..(token + 1) * dim]);
                     }
@@ -190,23 +219,26 @@ impl Backend for CpuBackend {
 
         // Weight and bias: each filter sums over the batch in order.
         let conv_grad = grow(&mut self.conv_grad, filters * kernel * dim);
-        conv_grad.par_chunks_mut(kernel * dim).enumerate().for_each(|(f, acc)| {
-            acc.fill(0.0);
-            for b in 0..rows {
-                let g = gate(b, f);
-                if g == 0.0 {
-                    continue;
-                }
-                let t = win[b * filters + f] as usize;
-                for j in 0..kernel {
-                    let token = token_at(b, t + j);
-                    let e = &emb[token * dim..(token + 1) * dim];
-                    for (a, &x) in acc[j * dim..(j + 1) * dim].iter_mut().zip(e) {
-                        *a += g * x;
+        conv_grad
+            .par_chunks_mut(kernel * dim)
+            .enumerate()
+            .for_each(|(f, acc)| {
+                acc.fill(0.0);
+                for b in 0..rows {
+                    let g = gate(b, f);
+                    if g == 0.0 {
+                        continue;
+                    }
+                    let t = win[b * filters + f] as usize;
+                    for j in 0..kernel {
+                        let token = token_at(b, t + j);
+                        let e = &emb[token * dim..(token + 1) * dim];
+                        for (a, &x) in acc[j * dim..(j + 1) * dim].iter_mut().zip(e) {
+                            *a += g * x;
+                        }
                     }
                 }
-            }
-        });
+            });
         let conv_weight_grad = &mut grads[shape.conv_weight.range()];
         for f in 0..filters {
             for j in 0..kernel {
@@ -224,25 +256,28 @@ impl Backend for CpuBackend {
         // Embedding: gradient per (text, position), then summed per token
         // in (text, position) order.
         let position_grads = grow(&mut self.position_grads, rows * width * dim);
-        position_grads.par_chunks_mut(width * dim).enumerate().for_each(|(b, out)| {
-            out.fill(0.0);
-            for f in 0..filters {
-                let g = gate(b, f);
-                if g == 0.0 {
-                    continue;
-                }
-                let t = win[b * filters + f] as usize;
-                for j in 0..kernel {
-                    if t + j >= width {
-                        break;
+        position_grads
+            .par_chunks_mut(width * dim)
+            .enumerate()
+            .for_each(|(b, out)| {
+                out.fill(0.0);
+                for f in 0..filters {
+                    let g = gate(b, f);
+                    if g == 0.0 {
+                        continue;
                     }
-                    let row = &mut out[(t + j) * dim..(t + j + 1) * dim];
-                    for (dd, r) in row.iter_mut().enumerate() {
-                        *r += g * weight[(f * dim + dd) * kernel + j];
+                    let t = win[b * filters + f] as usize;
+                    for j in 0..kernel {
+                        if t + j >= width {
+                            break;
+                        }
+                        let row = &mut out[(t + j) * dim..(t + j + 1) * dim];
+                        for (dd, r) in row.iter_mut().enumerate() {
+                            *r += g * weight[(f * dim + dd) * kernel + j];
+                        }
                     }
                 }
-            }
-        });
+            });
 
         let emb_grad = &mut grads[shape.embedding.range()];
         for &row in &self.dirty_rows {
@@ -396,17 +431,20 @@ impl Backend for CpuBackend {
         // First layers, all tasks at once.
         let hidden_grad = &*hidden_grad;
         let w1_grad = &mut grads[shape.hidden_weights.range()];
-        w1_grad.par_chunks_mut(filters).enumerate().for_each(|(u, row)| {
-            row.fill(0.0);
-            for b in 0..rows {
-                let g = hidden_grad[b * sum_h + u];
-                if g != 0.0 {
-                    for (r, &x) in row.iter_mut().zip(&h[b * filters..(b + 1) * filters]) {
-                        *r += g * x;
+        w1_grad
+            .par_chunks_mut(filters)
+            .enumerate()
+            .for_each(|(u, row)| {
+                row.fill(0.0);
+                for b in 0..rows {
+                    let g = hidden_grad[b * sum_h + u];
+                    if g != 0.0 {
+                        for (r, &x) in row.iter_mut().zip(&h[b * filters..(b + 1) * filters]) {
+                            *r += g * x;
+                        }
                     }
                 }
-            }
-        });
+            });
         let c1_grad = &mut grads[shape.hidden_biases.range()];
         for (u, out) in c1_grad.iter_mut().enumerate() {
             *out = (0..rows).map(|b| hidden_grad[b * sum_h + u]).sum();
@@ -417,17 +455,20 @@ impl Backend for CpuBackend {
         for (i, head) in shape.dims.heads.iter().enumerate() {
             let hoff = shape.hidden_offset(i);
             let block = &mut dh_tasks[i * rows * filters..(i + 1) * rows * filters];
-            block.par_chunks_mut(filters).enumerate().for_each(|(b, out)| {
-                out.fill(0.0);
-                for u in hoff..hoff + head.hidden {
-                    let g = hidden_grad[b * sum_h + u];
-                    if g != 0.0 {
-                        for (o, &w) in out.iter_mut().zip(&w1[u * filters..(u + 1) * filters]) {
-                            *o += g * w;
+            block
+                .par_chunks_mut(filters)
+                .enumerate()
+                .for_each(|(b, out)| {
+                    out.fill(0.0);
+                    for u in hoff..hoff + head.hidden {
+                        let g = hidden_grad[b * sum_h + u];
+                        if g != 0.0 {
+                            for (o, &w) in out.iter_mut().zip(&w1[u * filters..(u + 1) * filters]) {
+                                *o += g * w;
+                            }
                         }
                     }
-                }
-            });
+                });
         }
         Ok(())
     }
