@@ -1,6 +1,7 @@
 //! The training loop, evaluation and metrics.
 
 pub mod metrics;
+pub mod weighting;
 
 use std::time::Instant;
 
