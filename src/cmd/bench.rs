@@ -11,7 +11,7 @@ use crate::backend::cpu::CpuBackend;
 use crate::backend::Backend;
 use crate::cli::{BackendArg, BenchArgs, Lengths};
 use crate::model::init::initial_params;
-use crate::model::network::{AdamConfig, HostBatch, Network};
+use crate::model::network::{AdamConfig, HostBatch, Network, Sum};
 use crate::model::{Dims, HeadDims, Shape};
 use crate::rng::Rng;
 use crate::usage;
@@ -62,7 +62,7 @@ fn bench_on<B: Backend>(backend: B, args: &BenchArgs) -> Result<()> {
         net.backend.synchronize()
     })?;
     let step = time(args, |i| {
-        net.backward(&batches[i % BATCH_SETS], &weights, None)?;
+        net.backward(&batches[i % BATCH_SETS], &weights, &mut Sum, None)?;
         net.adam_step(&adam)?;
         net.backend.synchronize()
     })?;

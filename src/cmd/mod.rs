@@ -2,8 +2,10 @@
 //! runs, and reports.
 
 pub mod bench;
+pub mod data;
 pub mod eval;
 pub mod info;
+pub mod loaded;
 pub mod predict;
 pub mod train;
 

@@ -1,14 +1,55 @@
-//! Tokenised examples.
+//! From tables to tensors: label lists per task, token ids per text, class
+//! indices per task and row (-1 for a missing label).
+
+use std::collections::{BTreeSet, HashMap};
+
+use crate::data::table::{DataError, Table};
+use crate::data::tokenizer::Tokenizer;
+use crate::data::vocab::{column_index, Vocab, UNK};
+
+/// One task's classes, in index order (sorted label strings).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LabelMap {
+    pub task: String,
+    pub classes: Vec<String>,
+}
+
+/// What to do with a label the model never saw in training.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnseenLabel {
+    /// Stop with an error naming the file, line, task and label.
+    Error,
+    /// Give the row the index `classes.len()`: an error in every metric,
+    /// never a class of its own.
+    Count,
+}
+
+/// How a table is encoded.
+#[derive(Clone, Debug)]
+pub struct EncodeOptions<'a> {
+    pub text_column: &'a str,
+    /// Texts are cut to this many tokens.
+    pub max_len: usize,
+    pub unseen: UnseenLabel,
+    /// Training data: rows without any label and empty texts are skipped
+    /// (with a counted warning), since they carry no signal.
+    pub training: bool,
+    /// Tasks whose column must be present; a missing column of another task
+    /// leaves that task unlabelled.
+    pub required: &'a [String],
+}
 
 /// Texts as token ids with their labels.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Encoded {
+    /// Token ids of all texts, back to back.
     pub tokens: Vec<i32>,
+    /// Text `i` is `tokens[offsets[i]..offsets[i + 1]]`.
     pub offsets: Vec<usize>,
+    /// Per task, per row: class index, or -1 for a missing label.
     pub labels: Vec<Vec<i32>>,
+    /// Source line of each row.
     pub lines: Vec<usize>,
-    pub empty: Vec<bool>,
-    pub all_oov: Vec<bool>,
 }
 
 impl Encoded {
@@ -19,4 +60,234 @@ impl Encoded {
     pub fn text(&self, row: usize) -> &[i32] {
         &self.tokens[self.offsets[row]..self.offsets[row + 1]]
     }
+}
+
+/// Counts reported about an encoded table.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub rows_read: usize,
+    pub rows_used: usize,
+    /// Per task: rows carrying a label.
+    pub labelled: Vec<usize>,
+    /// Per task: rows whose label the model does not know.
+    pub unknown_labels: Vec<usize>,
+    /// Rows whose text has no token.
+    pub empty_texts: usize,
+    pub warnings: Vec<String>,
+}
+
+/// The classes of each task: the distinct labels of the training table,
+/// sorted. A task column missing from the table, or without any label, is
+/// an error naming the file.
+pub fn label_maps(table: &Table, tasks: &[String]) -> Result<Vec<LabelMap>, DataError> {
+    tasks
+        .iter()
+        .map(|task| {
+            let column = column_index(table, task)?;
+            let classes: BTreeSet<&str> = table
+                .rows
+                .iter()
+                .filter_map(|r| r.cells[column].as_deref())
+                .map(str::trim)
+                .collect();
+            if classes.is_empty() {
+                let msg = format!("task {task:?} has no label in any row");
+                return Err(DataError::new(&table.source, None, msg));
+            }
+            Ok(LabelMap {
+                task: task.clone(),
+                classes: classes.into_iter().map(String::from).collect(),
+            })
+        })
+        .collect()
+}
+
+/// Tokenises and labels every row of `table`.
+pub fn encode_table(
+    table: &Table,
+    maps: &[LabelMap],
+    vocab: &Vocab,
+    tokenizer: &Tokenizer,
+    options: &EncodeOptions<'_>,
+) -> Result<(Encoded, Summary), DataError> {
+    let text_column = column_index(table, options.text_column)?;
+    let mut task_columns = Vec::with_capacity(maps.len());
+    for map in maps {
+        match column_index(table, &map.task) {
+            Ok(c) => task_columns.push(Some(c)),
+            Err(e) if options.required.contains(&map.task) => return Err(e),
+            Err(_) => task_columns.push(None),
+        }
+    }
+    let indices: Vec<HashMap<&str, i32>> = maps
+        .iter()
+        .map(|m| {
+            m.classes
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (c.as_str(), i as i32))
+                .collect()
+        })
+        .collect();
+
+    let tasks = maps.len();
+    let mut out = Encoded {
+        offsets: vec![0],
+        labels: vec![Vec::new(); tasks],
+        ..Encoded::default()
+    };
+    let mut summary = Summary {
+        rows_read: table.rows.len(),
+        labelled: vec![0; tasks],
+        unknown_labels: vec![0; tasks],
+        ..Summary::default()
+    };
+    let mut unlabelled = 0;
+    let mut row_labels = vec![0i32; tasks];
+    let mut ids = Vec::new();
+
+    for row in &table.rows {
+        for (i, column) in task_columns.iter().enumerate() {
+            row_labels[i] = -1;
+            let Some(label) = column.and_then(|c| row.cells[c].as_deref()) else {
+                continue;
+            };
+            let label = label.trim();
+            row_labels[i] = match indices[i].get(label) {
+                Some(&index) => index,
+                None if options.unseen == UnseenLabel::Count => {
+                    summary.unknown_labels[i] += 1;
+                    maps[i].classes.len() as i32
+                }
+                None => {
+                    let msg = format!(
+                        "task {:?}: label {label:?} never appeared in training",
+                        maps[i].task
+                    );
+                    return Err(DataError::new(&table.source, Some(row.line), msg));
+                }
+            };
+        }
+
+        ids.clear();
+        if let Some(text) = &row.cells[text_column] {
+            tokenizer.for_each_token(text, |t| {
+                if ids.len() < options.max_len {
+                    ids.push(vocab.id(t));
+                }
+            });
+        }
+        if options.training {
+            if row_labels.iter().all(|&y| y < 0) {
+                unlabelled += 1;
+                continue;
+            }
+            if ids.is_empty() {
+                summary.empty_texts += 1;
+                continue;
+            }
+        } else if ids.is_empty() {
+            summary.empty_texts += 1;
+        }
+
+        for (i, &y) in row_labels.iter().enumerate() {
+            out.labels[i].push(y);
+            if y >= 0 {
+                summary.labelled[i] += 1;
+            }
+        }
+        out.tokens.extend_from_slice(&ids);
+        out.offsets.push(out.tokens.len());
+        out.lines.push(row.line);
+    }
+    summary.rows_used = out.rows();
+
+    let source = &table.source;
+    if unlabelled > 0 {
+        summary.warnings.push(format!(
+            "{source}: {unlabelled} row{} with no label for any task, skipped",
+            plural(unlabelled)
+        ));
+    }
+    if options.training && summary.empty_texts > 0 {
+        summary.warnings.push(format!(
+            "{source}: {} empty text{} (no tokens), skipped",
+            summary.empty_texts,
+            plural(summary.empty_texts)
+        ));
+    }
+    if options.training && table.blank_cells > 0 {
+        summary.warnings.push(format!(
+            "{source}: {} cell{} holding only spaces, read as missing",
+            table.blank_cells,
+            plural(table.blank_cells)
+        ));
+    }
+    for (i, map) in maps.iter().enumerate() {
+        if summary.unknown_labels[i] > 0 {
+            summary.warnings.push(format!(
+                "{source}: task {:?}: {} row{} with a label unknown to the model, counted as errors",
+                map.task,
+                summary.unknown_labels[i],
+                plural(summary.unknown_labels[i])
+            ));
+        }
+    }
+    if options.training {
+        summary
+            .warnings
+            .extend(label_warnings(table, maps, &task_columns));
+    }
+    if options.training && summary.rows_used == 0 {
+        return Err(DataError::new(
+            source,
+            None,
+            "no row with both a text and a label",
+        ));
+    }
+    Ok((out, summary))
+}
+
+/// Training labels that look wrong: a single class, or about as many
+/// distinct values as rows (probably not a label column).
+fn label_warnings(table: &Table, maps: &[LabelMap], columns: &[Option<usize>]) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for (map, column) in maps.iter().zip(columns) {
+        let Some(column) = column else { continue };
+        let labelled = table
+            .rows
+            .iter()
+            .filter(|r| r.cells[*column].is_some())
+            .count();
+        if map.classes.len() == 1 {
+            warnings.push(format!(
+                "{}: task {:?} has a single class ({:?}): nothing to learn",
+                table.source, map.task, map.classes[0]
+            ));
+        } else if labelled >= 20 && map.classes.len() * 2 > labelled {
+            warnings.push(format!(
+                "{}: task {:?} has {} distinct labels in {labelled} rows: probably not a label column",
+                table.source,
+                map.task,
+                map.classes.len()
+            ));
+        }
+    }
+    warnings
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+/// Share of tokens that are unknown words.
+pub fn unknown_rate(encoded: &Encoded) -> f64 {
+    if encoded.tokens.is_empty() {
+        return 0.0;
+    }
+    encoded.tokens.iter().filter(|&&t| t == UNK).count() as f64 / encoded.tokens.len() as f64
 }

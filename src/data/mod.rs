@@ -1,4 +1,6 @@
 //! Reading labelled tables, tokenising, vocabulary and batching.
 
 pub mod dataset;
+pub mod table;
 pub mod tokenizer;
+pub mod vocab;

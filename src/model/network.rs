@@ -68,6 +68,42 @@ pub struct StepLosses {
     pub sums: Vec<f32>,
     /// Per task: labelled rows in the batch.
     pub counts: Vec<usize>,
+    /// Gram matrix of the tasks' weighted gradients with respect to `h`
+    /// (`tasks x tasks`), when the mix asked for it.
+    pub gram: Vec<f64>,
+}
+
+impl StepLosses {
+    /// Per task: mean cross-entropy over its labelled rows, if any.
+    pub fn means(&self) -> Vec<Option<f64>> {
+        self.sums
+            .iter()
+            .zip(&self.counts)
+            .map(|(&s, &n)| (n > 0).then(|| s as f64 / n as f64))
+            .collect()
+    }
+}
+
+/// How the tasks' gradients with respect to `h` are combined into the
+/// encoder's gradient.
+pub trait GradientMix {
+    /// Whether [`GradientMix::coefficients`] needs the Gram matrix.
+    fn needs_gram(&self) -> bool;
+    /// `c_i` in `dh = sum_i c_i dh_i`.
+    fn coefficients(&mut self, gram: &[f64]) -> Vec<f64>;
+}
+
+/// Plain summation: `dh = sum_i dh_i`.
+pub struct Sum;
+
+impl GradientMix for Sum {
+    fn needs_gram(&self) -> bool {
+        false
+    }
+
+    fn coefficients(&mut self, gram: &[f64]) -> Vec<f64> {
+        vec![1.0; (gram.len() as f64).sqrt() as usize]
+    }
 }
 
 impl StepLosses {
@@ -263,6 +299,7 @@ impl<B: Backend> Network<B> {
         &mut self,
         batch: &HostBatch,
         task_weights: &[f32],
+        mix: &mut dyn GradientMix,
         dropout_mask: Option<&[f32]>,
     ) -> Result<StepLosses> {
         let tasks = self.shape.tasks();
@@ -325,8 +362,16 @@ impl<B: Backend> Network<B> {
             dh_tasks,
         )?;
         let len = batch.rows * self.shape.dims.filters;
-        self.backend
-            .combine_tasks(dh_tasks, &self.unit_coeffs, len, dh)?;
+        let gram = if mix.needs_gram() {
+            let gram = self.backend.task_gram(dh_tasks, tasks, len)?;
+            let coeffs: Vec<f32> = mix.coefficients(&gram).iter().map(|&c| c as f32).collect();
+            self.backend.combine_tasks(dh_tasks, &coeffs, len, dh)?;
+            gram
+        } else {
+            self.backend
+                .combine_tasks(dh_tasks, &self.unit_coeffs, len, dh)?;
+            Vec::new()
+        };
         if dropout_mask.is_some() {
             self.backend.multiply(dh, mask, len)?;
         }
@@ -346,7 +391,7 @@ impl<B: Backend> Network<B> {
             dh,
             &mut self.grads,
         )?;
-        Ok(StepLosses { sums, counts })
+        Ok(StepLosses { sums, counts, gram })
     }
 
     /// The gradient buffer, on the host.

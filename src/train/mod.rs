@@ -13,6 +13,7 @@ use crate::data::dataset::Encoded;
 use crate::model::network::{AdamConfig, HostBatch, Network};
 use crate::rng::Rng;
 use metrics::{Confusion, TaskScores};
+use weighting::{Method, Weighting};
 
 /// Settings of the optimisation itself.
 #[derive(Clone, Debug, PartialEq)]
@@ -22,8 +23,10 @@ pub struct TrainConfig {
     pub adam: AdamConfig,
     /// Probability of zeroing each pooled feature during training.
     pub dropout: f32,
-    /// `w_i` in `loss = sum_i w_i * mean CE_i`.
+    /// Fixed factors `w_i` in `loss = sum_i w_i * mean CE_i`.
     pub task_weights: Vec<f32>,
+    /// How the tasks' losses and gradients are weighted.
+    pub weighting: Method,
     /// Batch size for evaluation (no gradients, so larger is fine).
     pub eval_batch: usize,
 }
@@ -47,10 +50,17 @@ pub struct EpochReport {
     /// Per task name, in task order.
     #[serde(serialize_with = "ordered_map")]
     pub valid: Vec<(String, TaskSummary)>,
+    /// Loss weight of each task at the end of the epoch.
+    #[serde(serialize_with = "ordered_map")]
+    pub loss_weights: Vec<(String, f64)>,
+    /// Mean coefficient of each task's gradient in the encoder's gradient
+    /// over the epoch (1 unless a gradient-based weighting is in use).
+    #[serde(serialize_with = "ordered_map")]
+    pub gradient_mix: Vec<(String, f64)>,
 }
 
-fn ordered_map<S: serde::Serializer>(
-    items: &[(String, TaskSummary)],
+fn ordered_map<S: serde::Serializer, V: Serialize>(
+    items: &[(String, V)],
     s: S,
 ) -> std::result::Result<S::Ok, S::Error> {
     use serde::ser::SerializeMap;
@@ -182,12 +192,15 @@ pub fn train<B: Backend>(
     let mut batch = HostBatch::default();
     let mut mask = vec![0.0f32; config.batch_size * filters];
     let mut reports = Vec::with_capacity(config.epochs);
+    let base = config.task_weights.iter().map(|&w| w as f64).collect();
+    let mut weighting = Weighting::new(config.weighting, base, config.adam.lr as f64, rng.fork(7));
 
     for epoch in 1..=config.epochs {
         observe(net, Event::EpochStart { epoch, batches })?;
         rng.shuffle(&mut order);
         let started = Instant::now();
         let mut loss_total = 0.0;
+        let mut mix_total = vec![0.0; tasks];
 
         for (step, chunk) in order.chunks(config.batch_size).enumerate() {
             batch.fill(chunk.iter().map(|&r| train.text(r)), shape.dims.kernel);
@@ -211,8 +224,13 @@ pub fn train<B: Backend>(
                 None
             };
 
-            let losses = net.backward(&batch, &config.task_weights, dropout)?;
-            let loss = losses.weighted(&config.task_weights);
+            let weights: Vec<f32> = weighting.loss_weights().iter().map(|&w| w as f32).collect();
+            let losses = net.backward(&batch, &weights, &mut weighting, dropout)?;
+            weighting.observe(&losses.means(), &losses.gram);
+            for (total, c) in mix_total.iter_mut().zip(&weighting.last_coeffs) {
+                *total += c;
+            }
+            let loss = losses.weighted(&weights);
             if !loss.is_finite() {
                 bail!(
                     "the training loss became {loss} at epoch {epoch}, step {} (batch {} of {}); \
@@ -234,6 +252,10 @@ pub fn train<B: Backend>(
         }
         net.backend.synchronize()?;
         let seconds = started.elapsed().as_secs_f64();
+        weighting.end_epoch();
+        let named = |values: Vec<f64>| -> Vec<(String, f64)> {
+            task_names.iter().cloned().zip(values).collect()
+        };
 
         let (valid_loss, valid_scores) = match valid {
             Some(v) => {
@@ -264,6 +286,8 @@ pub fn train<B: Backend>(
             examples_per_second: order.len() as f64 / seconds,
             valid_loss,
             valid: valid_scores,
+            loss_weights: named(weighting.loss_weights()),
+            gradient_mix: named(mix_total.iter().map(|t| t / batches as f64).collect()),
         };
         observe(net, Event::EpochEnd(&report))?;
         reports.push(report);

@@ -32,6 +32,7 @@
 
 use anyhow::{bail, Result};
 
+use crate::model::network::GradientMix;
 use crate::rng::Rng;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,7 +46,14 @@ pub enum Method {
 }
 
 impl Method {
-    pub const NAMES: [&'static str; 6] = ["equal", "uncertainty", "dwa", "gradnorm", "pcgrad", "mgda-ub"];
+    pub const NAMES: [&'static str; 6] = [
+        "equal",
+        "uncertainty",
+        "dwa",
+        "gradnorm",
+        "pcgrad",
+        "mgda-ub",
+    ];
 
     pub fn parse(name: &str) -> Result<Method> {
         Ok(match name {
@@ -55,7 +63,10 @@ impl Method {
             "gradnorm" => Method::GradNorm,
             "pcgrad" => Method::PcGrad,
             "mgda-ub" | "mgda" => Method::MgdaUb,
-            other => bail!("unknown weighting {other:?} (expected one of {})", Method::NAMES.join(", ")),
+            other => bail!(
+                "unknown weighting {other:?} (expected one of {})",
+                Method::NAMES.join(", ")
+            ),
         })
     }
 
@@ -215,7 +226,10 @@ impl Weighting {
             return;
         }
         // The gram holds the weighted gradients: |w_i g_i| = sqrt(G_ii).
-        let norms: Vec<f64> = present.iter().map(|&i| gram[i * tasks + i].max(0.0).sqrt()).collect();
+        let norms: Vec<f64> = present
+            .iter()
+            .map(|&i| gram[i * tasks + i].max(0.0).sqrt())
+            .collect();
         let ratios: Vec<f64> = present
             .iter()
             .map(|&i| losses[i].unwrap_or(0.0) / self.initial_losses[i].unwrap_or(1.0))
@@ -226,7 +240,11 @@ impl Weighting {
         for (k, &i) in present.iter().enumerate() {
             let target = mean_norm * (ratios[k] / mean_ratio).powf(GRADNORM_ALPHA);
             // d|G_i - target|/dw_i = sign(G_i - target) * |g_i|, |g_i| = G_i / w_i
-            let unweighted = if self.learned[i] > 0.0 { norms[k] / self.learned[i] } else { 0.0 };
+            let unweighted = if self.learned[i] > 0.0 {
+                norms[k] / self.learned[i]
+            } else {
+                0.0
+            };
             grads[i] = (norms[k] - target).signum() * unweighted;
         }
         self.adam_update(&grads);
@@ -256,7 +274,10 @@ fn dwa_weights(history: &[Vec<f64>], tasks: usize) -> Vec<f64> {
         })
         .collect();
     let max = ratios.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    let exps: Vec<f64> = ratios.iter().map(|r| ((r - max) / DWA_TEMPERATURE).exp()).collect();
+    let exps: Vec<f64> = ratios
+        .iter()
+        .map(|r| ((r - max) / DWA_TEMPERATURE).exp())
+        .collect();
     let sum: f64 = exps.iter().sum();
     exps.iter().map(|e| tasks as f64 * e / sum).collect()
 }
@@ -293,9 +314,12 @@ pub fn min_norm_coefficients(gram: &[f64], tasks: usize) -> Vec<f64> {
     for _ in 0..250 {
         // Gradient of alpha^T G alpha is 2 G alpha; move towards the vertex
         // with the smallest component.
-        let g_alpha: Vec<f64> =
-            (0..tasks).map(|i| (0..tasks).map(|j| gram[i * tasks + j] * alpha[j]).sum()).collect();
-        let t = (0..tasks).min_by(|&a, &b| g_alpha[a].total_cmp(&g_alpha[b])).unwrap_or(0);
+        let g_alpha: Vec<f64> = (0..tasks)
+            .map(|i| (0..tasks).map(|j| gram[i * tasks + j] * alpha[j]).sum())
+            .collect();
+        let t = (0..tasks)
+            .min_by(|&a, &b| g_alpha[a].total_cmp(&g_alpha[b]))
+            .unwrap_or(0);
         // Line search between v1 = current point and v2 = vertex t.
         let v1v1: f64 = (0..tasks).map(|i| alpha[i] * g_alpha[i]).sum();
         let v1v2 = g_alpha[t];
@@ -315,6 +339,16 @@ pub fn min_norm_coefficients(gram: &[f64], tasks: usize) -> Vec<f64> {
     alpha
 }
 
+impl GradientMix for Weighting {
+    fn needs_gram(&self) -> bool {
+        self.method.needs_gram()
+    }
+
+    fn coefficients(&mut self, gram: &[f64]) -> Vec<f64> {
+        self.combine(gram)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,7 +365,9 @@ mod tests {
     }
 
     fn random_vectors(rng: &mut Rng, tasks: usize, len: usize) -> Vec<Vec<f64>> {
-        (0..tasks).map(|_| (0..len).map(|_| rng.normal()).collect()).collect()
+        (0..tasks)
+            .map(|_| (0..len).map(|_| rng.normal()).collect())
+            .collect()
     }
 
     /// PCGrad done directly on the vectors, as the paper writes it.
@@ -375,7 +411,11 @@ mod tests {
             let direct = pcgrad_direct(&vectors, &orders);
             for d in 0..7 {
                 let combined: f64 = (0..tasks).map(|i| coeffs[i] * vectors[i][d]).sum();
-                assert!((combined - direct[d]).abs() < 1e-10, "{combined} vs {}", direct[d]);
+                assert!(
+                    (combined - direct[d]).abs() < 1e-10,
+                    "{combined} vs {}",
+                    direct[d]
+                );
             }
         }
     }
@@ -384,7 +424,10 @@ mod tests {
     fn pcgrad_leaves_agreeing_gradients_alone() {
         let vectors = vec![vec![1.0, 0.0], vec![1.0, 1.0]];
         let orders = vec![vec![0, 1], vec![1, 0]];
-        assert_eq!(pcgrad_coefficients(&gram_of(&vectors), 2, &orders), vec![1.0, 1.0]);
+        assert_eq!(
+            pcgrad_coefficients(&gram_of(&vectors), 2, &orders),
+            vec![1.0, 1.0]
+        );
     }
 
     #[test]
@@ -398,7 +441,11 @@ mod tests {
             let num: f64 = diff.iter().zip(&v[1]).map(|(a, b)| a * b).sum();
             let den: f64 = diff.iter().map(|x| x * x).sum();
             let expected = (num / den).clamp(0.0, 1.0);
-            assert!((alpha[0] - expected).abs() < 1e-9, "{} vs {expected}", alpha[0]);
+            assert!(
+                (alpha[0] - expected).abs() < 1e-9,
+                "{} vs {expected}",
+                alpha[0]
+            );
             assert!((alpha[0] + alpha[1] - 1.0).abs() < 1e-12);
         }
     }
@@ -409,7 +456,9 @@ mod tests {
         let v = random_vectors(&mut rng, 3, 4);
         let gram = gram_of(&v);
         let norm = |a: &[f64]| -> f64 {
-            (0..3).map(|i| (0..3).map(|j| a[i] * a[j] * gram[i * 3 + j]).sum::<f64>()).sum()
+            (0..3)
+                .map(|i| (0..3).map(|j| a[i] * a[j] * gram[i * 3 + j]).sum::<f64>())
+                .sum()
         };
         let alpha = min_norm_coefficients(&gram, 3);
         let steps = 200;
@@ -421,7 +470,11 @@ mod tests {
                 best = best.min(norm(&a));
             }
         }
-        assert!(norm(&alpha) <= best + 1e-6, "{} vs grid {best}", norm(&alpha));
+        assert!(
+            norm(&alpha) <= best + 1e-6,
+            "{} vs grid {best}",
+            norm(&alpha)
+        );
         assert!(alpha.iter().all(|&a| a >= 0.0));
     }
 
@@ -449,7 +502,10 @@ mod tests {
         // r = (0.5, 1.0): w_i = 2 exp(r_i / 2) / sum_j exp(r_j / 2)
         let (e0, e1) = ((0.25f64).exp(), (0.5f64).exp());
         let weights = w.loss_weights();
-        assert!((weights[0] - 2.0 * e0 / (e0 + e1)).abs() < 1e-12, "{weights:?}");
+        assert!(
+            (weights[0] - 2.0 * e0 / (e0 + e1)).abs() < 1e-12,
+            "{weights:?}"
+        );
         assert!((weights[0] + weights[1] - 2.0).abs() < 1e-12);
     }
 

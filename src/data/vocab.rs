@@ -1,0 +1,154 @@
+//! The vocabulary: `<pad>` = 0, `<unk>` = 1, then the training words, most
+//! frequent first, ties broken by byte-wise (UTF-8) order, so the same data
+//! gives the same ids on every run and every thread count.
+
+use std::collections::HashMap;
+
+use crate::data::table::{DataError, Table};
+use crate::data::tokenizer::Tokenizer;
+
+pub const PAD: i32 = 0;
+pub const UNK: i32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Vocab {
+    words: Vec<String>,
+    ids: HashMap<String, i32>,
+}
+
+impl Vocab {
+    /// Counts the tokens of `text_column` in `table` and keeps words seen at
+    /// least `min_count` times, at most `max_words` of them.
+    pub fn build(
+        table: &Table,
+        text_column: &str,
+        tokenizer: &Tokenizer,
+        min_count: usize,
+        max_words: usize,
+    ) -> Result<Vocab, DataError> {
+        let column = column_index(table, text_column)?;
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for row in &table.rows {
+            if let Some(text) = &row.cells[column] {
+                tokenizer.for_each_token(text, |t| {
+                    if let Some(n) = counts.get_mut(t) {
+                        *n += 1;
+                    } else {
+                        counts.insert(t.to_string(), 1);
+                    }
+                });
+            }
+        }
+        Ok(Vocab::from_counts(counts, min_count, max_words))
+    }
+
+    pub fn from_counts(
+        counts: HashMap<String, usize>,
+        min_count: usize,
+        max_words: usize,
+    ) -> Vocab {
+        let mut kept: Vec<(String, usize)> = counts
+            .into_iter()
+            .filter(|(_, n)| *n >= min_count.max(1))
+            .collect();
+        kept.sort_unstable_by(|a, b| {
+            b.1.cmp(&a.1)
+                .then_with(|| a.0.as_bytes().cmp(b.0.as_bytes()))
+        });
+        kept.truncate(max_words);
+        let words = ["<pad>".to_string(), "<unk>".to_string()]
+            .into_iter()
+            .chain(kept.into_iter().map(|(w, _)| w))
+            .collect();
+        Vocab::from_words(words).expect("built words are distinct")
+    }
+
+    /// The vocabulary stored in a model file; the specials must come first
+    /// and no word may repeat.
+    pub fn from_words(words: Vec<String>) -> Result<Vocab, String> {
+        if words.len() < 2 || words[0] != "<pad>" || words[1] != "<unk>" {
+            return Err("the vocabulary must start with \"<pad>\", \"<unk>\"".to_string());
+        }
+        let mut ids = HashMap::with_capacity(words.len());
+        for (i, w) in words.iter().enumerate().skip(2) {
+            if ids.insert(w.clone(), i as i32).is_some() {
+                return Err(format!("word {w:?} appears twice in the vocabulary"));
+            }
+        }
+        Ok(Vocab { words, ids })
+    }
+
+    /// The id of `word`, [`UNK`] when unknown.
+    pub fn id(&self, word: &str) -> i32 {
+        self.ids.get(word).copied().unwrap_or(UNK)
+    }
+
+    /// All entries, the two specials first; index = id.
+    pub fn words(&self) -> &[String] {
+        &self.words
+    }
+
+    pub fn len(&self) -> usize {
+        self.words.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.words.len() <= 2
+    }
+}
+
+/// The index of `name` among the table's columns, or an error naming the
+/// file, the column and the columns it has.
+pub fn column_index(table: &Table, name: &str) -> Result<usize, DataError> {
+    table.columns.iter().position(|c| c == name).ok_or_else(|| {
+        let msg = format!("no column {name:?} (columns: {})", table.columns.join(", "));
+        DataError::new(&table.source, None, msg)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frequency_order_ties_by_bytes_and_cap() {
+        let counts = [
+            ("goal", 4),
+            ("team", 3),
+            ("vote", 3),
+            ("chip", 2),
+            ("rain", 2),
+            ("zebra", 1),
+        ]
+        .into_iter()
+        .map(|(w, n)| (w.to_string(), n))
+        .collect();
+        let vocab = Vocab::from_counts(counts, 1, 4);
+        assert_eq!(
+            vocab.words(),
+            ["<pad>", "<unk>", "goal", "team", "vote", "chip"]
+        );
+        assert_eq!(vocab.id("rain"), UNK);
+        assert_eq!(vocab.id("goal"), 2);
+    }
+
+    #[test]
+    fn min_count_drops_rare_words() {
+        let counts = [("a", 1), ("b", 2), ("c", 2)]
+            .into_iter()
+            .map(|(w, n)| (w.to_string(), n))
+            .collect();
+        assert_eq!(
+            Vocab::from_counts(counts, 2, 100).words(),
+            ["<pad>", "<unk>", "b", "c"]
+        );
+    }
+
+    #[test]
+    fn stored_vocabularies_are_checked() {
+        let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(Vocab::from_words(words(&["<unk>", "<pad>"])).is_err());
+        let err = Vocab::from_words(words(&["<pad>", "<unk>", "a", "a"])).unwrap_err();
+        assert!(err.contains("\"a\" appears twice"), "{err}");
+    }
+}
