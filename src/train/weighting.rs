@@ -209,10 +209,15 @@ impl Weighting {
         self.adam_step += 1;
         let c1 = 1.0 - b1.powi(self.adam_step);
         let c2 = (1.0 - b2.powi(self.adam_step)).sqrt();
-        for i in 0..grads.len() {
-            self.adam_m[i] = b1 * self.adam_m[i] + (1.0 - b1) * grads[i];
-            self.adam_v[i] = b2 * self.adam_v[i] + (1.0 - b2) * grads[i] * grads[i];
-            self.learned[i] -= self.lr / c1 * self.adam_m[i] / (self.adam_v[i].sqrt() / c2 + eps);
+        let state = self
+            .adam_m
+            .iter_mut()
+            .zip(&mut self.adam_v)
+            .zip(&mut self.learned);
+        for (((m, v), x), &g) in state.zip(grads) {
+            *m = b1 * *m + (1.0 - b1) * g;
+            *v = b2 * *v + (1.0 - b2) * g * g;
+            *x -= self.lr / c1 * *m / (v.sqrt() / c2 + eps);
         }
     }
 
