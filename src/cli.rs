@@ -40,15 +40,31 @@ pub enum FormatArg {
 
 #[derive(Args, Debug, Clone)]
 pub struct TrainArgs {
-    /// Training table (TSV, CSV or JSON Lines)
-    #[arg(long, value_name = "FILE", conflicts_with = "data")]
-    pub train: Option<PathBuf>,
-    /// Validation table, scored after every epoch
-    #[arg(long, value_name = "FILE", conflicts_with = "data", requires = "train")]
-    pub valid: Option<PathBuf>,
-    /// Test table, scored once at the end
-    #[arg(long, value_name = "FILE", conflicts_with = "data", requires = "train")]
-    pub test: Option<PathBuf>,
+    /// Training table (TSV, CSV or JSON Lines); repeat it for data sets that
+    /// label different tasks, as FILE (its columns name the tasks) or TASK=FILE
+    #[arg(long, value_name = "[TASK=]FILE", conflicts_with = "data")]
+    pub train: Vec<String>,
+    /// Validation table(s), scored after every epoch; forms as for --train
+    #[arg(
+        long,
+        value_name = "[TASK=]FILE",
+        conflicts_with = "data",
+        requires = "train"
+    )]
+    pub valid: Vec<String>,
+    /// Test table(s), scored once at the end; forms as for --train
+    #[arg(
+        long,
+        value_name = "[TASK=]FILE",
+        conflicts_with = "data",
+        requires = "train"
+    )]
+    pub test: Vec<String>,
+    /// How batches mix the training files: proportional (to their size) or
+    /// temperature:T (file i drawn with probability proportional to n_i^(1/T),
+    /// so small data sets are seen more often)
+    #[arg(long, default_value = "proportional", value_name = "MODE")]
+    pub task_sampling: String,
     /// A folder holding train.*, valid.* and optionally test.*, or one training file
     #[arg(long, value_name = "PATH")]
     pub data: Option<PathBuf>,

@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use super::loaded::LoadedModel;
 use crate::checkpoint::Fingerprint;
@@ -103,15 +103,86 @@ fn find_split(dir: &Path, split: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Reads the training, validation and test tables the arguments name.
-fn read_training_tables(args: &TrainArgs) -> Result<(Table, Option<Table>, Option<Table>)> {
+/// One table and the tasks it labels: `(task, column)` pairs.
+struct Source {
+    table: Table,
+    tasks: Vec<(String, String)>,
+}
+
+/// The tables of one split.
+type Split = Vec<Source>;
+
+/// Reads `[TASK=]FILE` specs. A plain file labels every task it has a
+/// column for; `TASK=FILE` labels only TASK, from the column of that name
+/// or else the file's one column besides the text.
+fn read_sources(specs: &[String], args: &TrainArgs) -> Result<Split> {
     let format = format_of(args.format);
-    let read = |path: &Path| -> Result<Table> { Ok(read_table(path, format)?) };
-    if let Some(train) = &args.train {
-        let valid = args.valid.as_deref().map(read).transpose()?;
-        let test = args.test.as_deref().map(read).transpose()?;
-        return Ok((read(train)?, valid, test));
+    specs
+        .iter()
+        .map(|spec| {
+            let (task, file) = match spec.split_once('=') {
+                Some((task, file)) if !task.is_empty() && !Path::new(spec).exists() => {
+                    (Some(task.to_string()), file)
+                }
+                _ => (None, spec.as_str()),
+            };
+            let table = read_table(Path::new(file), format)?;
+            Ok(Source {
+                tasks: source_tasks(&table, task, args)?,
+                table,
+            })
+        })
+        .collect()
+}
+
+fn source_tasks(
+    table: &Table,
+    task: Option<String>,
+    args: &TrainArgs,
+) -> Result<Vec<(String, String)>> {
+    let others: Vec<&String> = table
+        .columns
+        .iter()
+        .filter(|c| **c != args.text_column)
+        .collect();
+    let Some(task) = task else {
+        let wanted = |c: &String| args.tasks.as_ref().is_none_or(|t| t.contains(c));
+        return Ok(others
+            .into_iter()
+            .filter(|c| wanted(c))
+            .map(|c| (c.clone(), c.clone()))
+            .collect());
+    };
+    let column = if others.iter().any(|c| **c == task) {
+        task.clone()
+    } else if others.len() == 1 {
+        others[0].clone()
+    } else {
+        usage!(
+            "{}: no column {task:?} and more than one label column (columns: {}); \
+             name the column after the task",
+            table.source,
+            table.columns.join(", ")
+        );
+    };
+    Ok(vec![(task, column)])
+}
+
+/// Reads the training, validation and test tables the arguments name.
+fn read_training_tables(args: &TrainArgs) -> Result<(Split, Split, Split)> {
+    if !args.train.is_empty() {
+        return Ok((
+            read_sources(&args.train, args)?,
+            read_sources(&args.valid, args)?,
+            read_sources(&args.test, args)?,
+        ));
     }
+    let format = format_of(args.format);
+    let whole = |table: Table| -> Result<Split> {
+        let tasks = source_tasks(&table, None, args)?;
+        Ok(vec![Source { table, tasks }])
+    };
+    let read = |path: &Path| -> Result<Split> { whole(read_table(path, format)?) };
     match &args.data {
         Some(path) if path.is_dir() => {
             let Some(train) = find_split(path, "train") else {
@@ -122,81 +193,127 @@ fn read_training_tables(args: &TrainArgs) -> Result<(Table, Option<Table>, Optio
             };
             let valid = find_split(path, "valid").map(|p| read(&p)).transpose()?;
             let test = find_split(path, "test").map(|p| read(&p)).transpose()?;
-            Ok((read(&train)?, valid, test))
+            Ok((
+                read(&train)?,
+                valid.unwrap_or_default(),
+                test.unwrap_or_default(),
+            ))
         }
-        Some(path) if path.is_file() => Ok((read(path)?, None, None)),
+        Some(path) if path.is_file() => Ok((read(path)?, Vec::new(), Vec::new())),
         Some(path) => usage!("--data {}: no such file or folder", path.display()),
         None => {
-            let embedded = |(name, text): (&str, &str)| -> Result<Table> {
+            let embedded = |(name, text): (&str, &str)| -> Result<Split> {
                 let source = format!("clothing-reviews/{name}.tsv (embedded)");
-                Ok(read_table_from(text.as_bytes(), &source, Format::Tsv)?)
+                whole(read_table_from(text.as_bytes(), &source, Format::Tsv)?)
             };
             Ok((
                 embedded(EMBEDDED[0])?,
-                Some(embedded(EMBEDDED[1])?),
-                Some(embedded(EMBEDDED[2])?),
+                embedded(EMBEDDED[1])?,
+                embedded(EMBEDDED[2])?,
             ))
         }
     }
 }
 
+/// Renames each source's label columns to their task names, and hides its
+/// other columns, so every table reads the same way.
+fn align_columns(split: &mut Split, text_column: &str) {
+    for source in split {
+        for column in &mut source.table.columns {
+            if column == text_column {
+                continue;
+            }
+            match source.tasks.iter().find(|(_, c)| c == column) {
+                Some((task, _)) => *column = task.clone(),
+                None => *column = format!("\u{0}unused:{column}"),
+            }
+        }
+    }
+}
+
 pub fn prepare_training(args: &TrainArgs) -> Result<Prepared> {
-    let (train, valid, test) = read_training_tables(args)?;
-    let tokenizer = Tokenizer::default();
-    let task_columns = match &args.tasks {
-        Some(tasks) => tasks.clone(),
-        None => train
-            .columns
-            .iter()
-            .filter(|c| **c != args.text_column)
-            .cloned()
-            .collect(),
-    };
-    if task_columns.is_empty() {
+    let (mut train, mut valid, mut test) = read_training_tables(args)?;
+    let mut task_names: Vec<String> = Vec::new();
+    for (task, _) in train.iter().flat_map(|s| &s.tasks) {
+        if !task_names.contains(task) {
+            task_names.push(task.clone());
+        }
+    }
+    if let Some(wanted) = &args.tasks {
+        if let Some(missing) = wanted.iter().find(|t| !task_names.contains(t)) {
+            let source = &train[0].table;
+            bail!(
+                "{}: no column {missing:?} (columns: {})",
+                source.source,
+                source.columns.join(", ")
+            );
+        }
+        task_names.retain(|t| wanted.contains(t));
+    }
+    if task_names.is_empty() {
         usage!(
             "{}: no task column besides the text column {:?}",
-            train.source,
+            train[0].table.source,
             args.text_column
         );
     }
+    for split in [&mut train, &mut valid, &mut test] {
+        align_columns(split, &args.text_column);
+    }
 
+    let tokenizer = Tokenizer::default();
+    let tables: Vec<&Table> = train.iter().map(|s| &s.table).collect();
     let vocab = Vocab::build(
-        &train,
+        &tables,
         &args.text_column,
         &tokenizer,
         args.min_count,
         args.vocab_size,
     )?;
-    let maps = label_maps(&train, &task_columns)?;
-    let mut options = EncodeOptions {
-        text_column: &args.text_column,
-        max_len: args.max_len,
-        unseen: UnseenLabel::Error,
-        training: true,
-        required: &task_columns,
-    };
-    let (train_encoded, summary) = encode_table(&train, &maps, &vocab, &tokenizer, &options)?;
-    let mut warnings = summary.warnings.clone();
+    let maps = label_maps(&tables, &task_names)?;
 
-    options.training = false;
-    if args.allow_unseen_labels {
-        options.unseen = UnseenLabel::Count;
-    }
-    let mut encode_other = |table: &Table| -> Result<Encoded> {
-        let (encoded, s) = encode_table(table, &maps, &vocab, &tokenizer, &options)?;
-        warnings.extend(s.warnings);
-        Ok(encoded)
+    let mut warnings = Vec::new();
+    // With one training table, a validation or test table must have every
+    // task's column; with several, each labels what it has.
+    let single = train.len() == 1;
+    let mut encode_split = |split: &Split, training: bool| -> Result<Option<(Encoded, Summary)>> {
+        let mut parts = Vec::new();
+        for source in split {
+            let required: Vec<String> = if single && split.len() == 1 {
+                task_names.clone()
+            } else {
+                source.tasks.iter().map(|(t, _)| t.clone()).collect()
+            };
+            let unseen = if training || !args.allow_unseen_labels {
+                UnseenLabel::Error
+            } else {
+                UnseenLabel::Count
+            };
+            let options = EncodeOptions {
+                text_column: &args.text_column,
+                max_len: args.max_len,
+                unseen,
+                training,
+                required: &required,
+            };
+            let (encoded, summary) =
+                encode_table(&source.table, &maps, &vocab, &tokenizer, &options)?;
+            warnings.extend(summary.warnings.iter().cloned());
+            parts.push((encoded, summary));
+        }
+        Ok(concatenate(parts))
     };
-    let valid_encoded = valid.as_ref().map(&mut encode_other).transpose()?;
-    let test_encoded = test.as_ref().map(&mut encode_other).transpose()?;
-    if valid.is_none() {
+    let (train_encoded, summary) = encode_split(&train, true)?.expect("a training table was read");
+    let valid_encoded = encode_split(&valid, false)?.map(|(e, _)| e);
+    let test_encoded = encode_split(&test, false)?.map(|(e, _)| e);
+    if valid_encoded.is_none() {
         warnings.push("no validation file: training without per-epoch scores".to_string());
     }
 
-    let sources = [Some(&train), valid.as_ref(), test.as_ref()]
+    let sources = [&train, &valid, &test]
         .into_iter()
         .flatten()
-        .map(|t| format!("{} ({} rows)", t.source, t.rows.len()))
+        .map(|s| format!("{} ({} rows)", s.table.source, s.table.rows.len()))
         .collect();
     Ok(Prepared {
         train: train_encoded,
@@ -208,6 +325,34 @@ pub fn prepare_training(args: &TrainArgs) -> Result<Prepared> {
         summary,
         sources,
     })
+}
+
+/// Joins the encoded tables of one split, numbering their sources.
+fn concatenate(parts: Vec<(Encoded, Summary)>) -> Option<(Encoded, Summary)> {
+    let mut parts = parts.into_iter().enumerate();
+    let (_, (mut all, mut summary)) = parts.next()?;
+    for (index, (part, s)) in parts {
+        let base = all.tokens.len();
+        all.tokens.extend_from_slice(&part.tokens);
+        all.offsets
+            .extend(part.offsets[1..].iter().map(|o| o + base));
+        for (labels, more) in all.labels.iter_mut().zip(&part.labels) {
+            labels.extend_from_slice(more);
+        }
+        all.lines.extend_from_slice(&part.lines);
+        all.sources
+            .extend(std::iter::repeat_n(index as u32, part.rows()));
+        summary.rows_read += s.rows_read;
+        summary.rows_used += s.rows_used;
+        summary.empty_texts += s.empty_texts;
+        for (a, b) in summary.labelled.iter_mut().zip(&s.labelled) {
+            *a += b;
+        }
+        for (a, b) in summary.unknown_labels.iter_mut().zip(&s.unknown_labels) {
+            *a += b;
+        }
+    }
+    Some((all, summary))
 }
 
 /// One text to predict, with where it came from.

@@ -18,7 +18,7 @@ use crate::model::network::{AdamConfig, Network};
 use crate::model::{Model, ModelConfig, TaskConfig};
 use crate::rng::Rng;
 use crate::train::weighting::Method;
-use crate::train::{self, EpochReport, Event, Monitor, RunState, TrainConfig};
+use crate::train::{self, EpochReport, Event, Monitor, RunState, Sampling, TrainConfig};
 use crate::usage;
 
 pub fn run(args: &TrainArgs) -> Result<()> {
@@ -295,7 +295,14 @@ fn train_config(args: &TrainArgs, task_names: &[String]) -> Result<TrainConfig> 
             })
         }
     };
+    let Some(sampling) = Sampling::parse(&args.task_sampling) else {
+        usage!(
+            "--task-sampling: expected proportional or temperature:T, got {:?}",
+            args.task_sampling
+        );
+    };
     Ok(TrainConfig {
+        sampling,
         epochs: args.epochs,
         batch_size: args.batch_size,
         adam: AdamConfig {
@@ -332,6 +339,7 @@ fn training_options(args: &TrainArgs) -> Vec<(String, String)> {
         ("--dropout", args.dropout.to_string()),
         ("--weighting", args.weighting.clone()),
         ("--task-weights", args.task_weights.join(",")),
+        ("--task-sampling", args.task_sampling.clone()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))

@@ -50,6 +50,8 @@ pub struct Encoded {
     pub labels: Vec<Vec<i32>>,
     /// Source line of each row.
     pub lines: Vec<usize>,
+    /// Which input file each row came from (0 when there is one).
+    pub sources: Vec<u32>,
 }
 
 impl Encoded {
@@ -76,27 +78,34 @@ pub struct Summary {
     pub warnings: Vec<String>,
 }
 
-/// The classes of each task: the distinct labels of the training table,
-/// sorted. A task column missing from the table, or without any label, is
-/// an error naming the file.
-pub fn label_maps(table: &Table, tasks: &[String]) -> Result<Vec<LabelMap>, DataError> {
+/// The classes of each task: the distinct labels of the training tables
+/// that have its column, sorted. A task without any label is an error
+/// naming the file.
+pub fn label_maps(tables: &[&Table], tasks: &[String]) -> Result<Vec<LabelMap>, DataError> {
     tasks
         .iter()
         .map(|task| {
-            let column = column_index(table, task)?;
-            let classes: BTreeSet<&str> = table
-                .rows
-                .iter()
-                .filter_map(|r| r.cells[column].as_deref())
-                .map(str::trim)
-                .collect();
+            let mut classes: BTreeSet<&str> = BTreeSet::new();
+            let mut found = None;
+            for table in tables {
+                let Ok(column) = column_index(table, task) else {
+                    continue;
+                };
+                found = Some(table);
+                let labels = table.rows.iter().filter_map(|r| r.cells[column].as_deref());
+                classes.extend(labels.map(str::trim));
+            }
+            let Some(table) = found else {
+                return Err(column_index(tables[0], task).unwrap_err());
+            };
             if classes.is_empty() {
                 let msg = format!("task {task:?} has no label in any row");
                 return Err(DataError::new(&table.source, None, msg));
             }
+            let classes = classes.into_iter().map(String::from).collect();
             Ok(LabelMap {
                 task: task.clone(),
-                classes: classes.into_iter().map(String::from).collect(),
+                classes,
             })
         })
         .collect()
@@ -199,6 +208,7 @@ pub fn encode_table(
         out.tokens.extend_from_slice(&ids);
         out.offsets.push(out.tokens.len());
         out.lines.push(row.line);
+        out.sources.push(0);
     }
     summary.rows_used = out.rows();
 

@@ -17,27 +17,19 @@ pub struct Vocab {
 }
 
 impl Vocab {
-    /// Counts the tokens of `text_column` in `table` and keeps words seen at
-    /// least `min_count` times, at most `max_words` of them.
+    /// Counts the tokens of `text_column` in `tables` and keeps words seen
+    /// at least `min_count` times, at most `max_words` of them.
     pub fn build(
-        table: &Table,
+        tables: &[&Table],
         text_column: &str,
         tokenizer: &Tokenizer,
         min_count: usize,
         max_words: usize,
     ) -> Result<Vocab, DataError> {
-        let column = column_index(table, text_column)?;
         let mut counts: HashMap<String, usize> = HashMap::new();
-        for row in &table.rows {
-            if let Some(text) = &row.cells[column] {
-                tokenizer.for_each_token(text, |t| {
-                    if let Some(n) = counts.get_mut(t) {
-                        *n += 1;
-                    } else {
-                        counts.insert(t.to_string(), 1);
-                    }
-                });
-            }
+        for table in tables {
+            let column = column_index(table, text_column)?;
+            count_tokens(table, column, tokenizer, &mut counts);
         }
         Ok(Vocab::from_counts(counts, min_count, max_words))
     }
@@ -94,6 +86,25 @@ impl Vocab {
 
     pub fn is_empty(&self) -> bool {
         self.words.len() <= 2
+    }
+}
+
+fn count_tokens(
+    table: &Table,
+    column: usize,
+    tokenizer: &Tokenizer,
+    counts: &mut HashMap<String, usize>,
+) {
+    for row in &table.rows {
+        if let Some(text) = &row.cells[column] {
+            tokenizer.for_each_token(text, |t| {
+                if let Some(n) = counts.get_mut(t) {
+                    *n += 1;
+                } else {
+                    counts.insert(t.to_string(), 1);
+                }
+            });
+        }
     }
 }
 

@@ -33,6 +33,78 @@ pub struct TrainConfig {
     pub checkpoint_every: Option<usize>,
     /// Keep the best model by this metric, and maybe stop early.
     pub monitor: Option<Monitor>,
+    /// How batches mix rows of different input files.
+    pub sampling: Sampling,
+}
+
+/// Batch composition across training files.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Sampling {
+    /// Every row once per epoch, shuffled: files count by their size.
+    Proportional,
+    /// File `i` is drawn with probability proportional to `n_i^(1/T)`;
+    /// rows are taken from each file's own shuffled sequence (reshuffled
+    /// when used up), and an epoch has as many rows as the data.
+    Temperature(f64),
+}
+
+impl Sampling {
+    pub fn parse(text: &str) -> Option<Sampling> {
+        match text.split_once(':') {
+            None if text == "proportional" => Some(Sampling::Proportional),
+            Some(("temperature", t)) => {
+                let t: f64 = t.parse().ok()?;
+                (t > 0.0 && t.is_finite()).then_some(Sampling::Temperature(t))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The rows of one epoch, in training order.
+fn epoch_order(rows: &[usize], sources: &[u32], sampling: Sampling, rng: &mut Rng) -> Vec<usize> {
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for &r in rows {
+        let s = sources.get(r).copied().unwrap_or(0) as usize;
+        if groups.len() <= s {
+            groups.resize(s + 1, Vec::new());
+        }
+        groups[s].push(r);
+    }
+    groups.retain(|g| !g.is_empty());
+    let temperature = match sampling {
+        Sampling::Temperature(t) if groups.len() > 1 => t,
+        _ => {
+            let mut order = rows.to_vec();
+            rng.shuffle(&mut order);
+            return order;
+        }
+    };
+    let weights: Vec<f64> = groups
+        .iter()
+        .map(|g| (g.len() as f64).powf(1.0 / temperature))
+        .collect();
+    let total: f64 = weights.iter().sum();
+    for g in &mut groups {
+        rng.shuffle(g);
+    }
+    let mut next = vec![0usize; groups.len()];
+    let mut order = Vec::with_capacity(rows.len());
+    for _ in 0..rows.len() {
+        let mut pick = rng.next_f64() * total;
+        let mut s = 0;
+        while s + 1 < weights.len() && pick >= weights[s] {
+            pick -= weights[s];
+            s += 1;
+        }
+        if next[s] == groups[s].len() {
+            rng.shuffle(&mut groups[s]);
+            next[s] = 0;
+        }
+        order.push(groups[s][next[s]]);
+        next[s] += 1;
+    }
+    order
 }
 
 /// One task's validation figures after an epoch.
@@ -280,8 +352,8 @@ pub fn train<B: Backend>(
     while state.epoch <= config.epochs {
         let epoch = state.epoch;
         observe(net, Event::EpochStart { epoch, batches })?;
-        let mut order = rows.clone();
-        Rng::derived(state.seed, 1, epoch as u64).shuffle(&mut order);
+        let mut rng = Rng::derived(state.seed, 1, epoch as u64);
+        let order = epoch_order(&rows, &train.sources, config.sampling, &mut rng);
         let started = Instant::now();
         let first = state.batches_done;
 
@@ -411,4 +483,42 @@ pub fn train<B: Backend>(
         }
     }
     Ok(reports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temperature_sampling_favours_small_files() {
+        // 900 rows from file 0, 100 from file 1.
+        let rows: Vec<usize> = (0..1000).collect();
+        let sources: Vec<u32> = (0..1000).map(|r| u32::from(r >= 900)).collect();
+        let count_small = |sampling| {
+            let order = epoch_order(&rows, &sources, sampling, &mut Rng::new(3));
+            assert_eq!(order.len(), 1000);
+            order.iter().filter(|&&r| r >= 900).count()
+        };
+        assert_eq!(count_small(Sampling::Proportional), 100);
+        // T = 2: p_small = sqrt(100) / (sqrt(900) + sqrt(100)) = 0.25.
+        let small = count_small(Sampling::Temperature(2.0));
+        assert!((200..300).contains(&small), "{small}");
+        // T = 1 is proportional in expectation.
+        let small = count_small(Sampling::Temperature(1.0));
+        assert!((60..140).contains(&small), "{small}");
+    }
+
+    #[test]
+    fn sampling_modes_parse() {
+        assert_eq!(
+            Sampling::parse("proportional"),
+            Some(Sampling::Proportional)
+        );
+        assert_eq!(
+            Sampling::parse("temperature:2"),
+            Some(Sampling::Temperature(2.0))
+        );
+        assert_eq!(Sampling::parse("temperature:0"), None);
+        assert_eq!(Sampling::parse("uniform"), None);
+    }
 }
