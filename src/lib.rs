@@ -6,6 +6,7 @@ pub mod backend;
 pub mod cli;
 pub mod cmd;
 pub mod data;
+pub mod export;
 pub mod fsutil;
 pub mod model;
 pub mod rng;
