@@ -54,8 +54,14 @@ impl FromStr for ExportFormat {
 /// "torch") to `out`, with the vocabulary sidecar beside it.
 pub fn run_export(model_path: &Path, format: &str, out: &Path) -> Result<()> {
     let format: ExportFormat = format.parse()?;
-    let model = Model::load(model_path)?;
     let sidecar = sidecar_path(out)?;
+    if same_file(model_path, out) || same_file(model_path, &sidecar) {
+        bail!(
+            "{}: the export would overwrite the model file; choose another --out",
+            out.display()
+        );
+    }
+    let model = Model::load(model_path)?;
     match format {
         ExportFormat::Onnx => export_onnx(&model, out)?,
         ExportFormat::Torch => export_torch(&model, model_path, out)?,
@@ -65,14 +71,21 @@ pub fn run_export(model_path: &Path, format: &str, out: &Path) -> Result<()> {
 
 /// `dir/name.vocab.json` for an export written to `dir/name.ext`.
 pub fn sidecar_path(out: &Path) -> Result<PathBuf> {
-    let sidecar = out.with_extension("vocab.json");
-    if out.file_name().is_none() || sidecar == out {
-        bail!(
+    let name = out.file_name().map(|n| n.to_string_lossy());
+    match name {
+        Some(name) if !name.ends_with(".vocab.json") => Ok(out.with_extension("vocab.json")),
+        _ => bail!(
             "{}: choose another output name (the vocabulary goes to NAME.vocab.json beside it)",
             out.display()
-        );
+        ),
     }
-    Ok(sidecar)
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
 }
 
 /// The sidecar object: vocabulary, labels, configuration, tokenizer.

@@ -150,8 +150,42 @@ def run_torch(plan, module):
     compare(f"torch {torch.__version__}", plan, run)
 
 
+# The rule's own examples (lower-casing on), independent of the plan.
+RULE_EXAMPLES = [
+    ("Don't panic!!", ["don't", "panic", "!", "!"]),
+    ("3.5 stars, 1,000 times", ["3.5", "stars", ",", "1,000", "times"]),
+    ("我爱北京", ["我", "爱", "北", "京"]),
+    ("東京タワー", ["東", "京", "タ", "ワ", "ー"]),
+    ("한국어 텍스트", ["한", "국", "어", "텍", "스", "트"]),
+    ("café ☕", ["café", "☕"]),
+    ("snake_case", ["snake_case"]),
+    ("soft\u00adware \u200b", ["software"]),
+    ("end. Start", ["end", ".", "start"]),
+]
+
+
+def check_rule_examples(module):
+    lowered = module.Tokenizer(["<pad>", "<unk>"], lowercase=True)
+    for text, want in RULE_EXAMPLES:
+        got = lowered.tokens(text)
+        if got != want:
+            fail(f"tokenizer rule example {text!r}: {got}, expected {want}")
+    kept = module.Tokenizer(["<pad>", "<unk>", "Hello"], lowercase=False, max_len=2)
+    if kept.tokens("Hello World") != ["Hello", "World"]:
+        fail("lowercase=False changed the case")
+    if kept.encode("Hello World Hello") != [2, 1]:
+        fail("encode does not cut to max_len or map unknown words to 1")
+    print(f"tokenizer rule examples: {len(RULE_EXAMPLES) + 2} checked")
+
+
 def check_tokenizer(plan, module):
+    check_rule_examples(module)
     _, tokenizer = module.load()
+    texts = [case["text"] for case in plan["tokenizer_cases"][:50]]
+    batch = tokenizer.batch(texts).numpy()
+    want = padded([tokenizer.encode(text) for text in texts])
+    if batch.dtype != np.int64 or not np.array_equal(batch, want):
+        fail("Tokenizer.batch is not the right-padded int64 ids")
     compared = mismatched = excused = 0
     for case in plan["tokenizer_cases"]:
         text = case["text"]
