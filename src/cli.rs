@@ -20,7 +20,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Train a model (default: the embedded clothing-reviews data set)
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Score a model on a labelled file: accuracy, macro-F1, per-class table, confusion matrix
     Eval(EvalArgs),
     /// Predict every task for each input line or record, one JSON object per line
@@ -102,9 +102,30 @@ pub struct TrainArgs {
     /// Dropout on the pooled features during training
     #[arg(long, default_value_t = 0.0, value_name = "P")]
     pub dropout: f32,
-    /// Where to write the model
-    #[arg(long, default_value = "model.safetensors", value_name = "FILE")]
-    pub out: PathBuf,
+    /// Where to write the model (its resumable state goes beside it, as
+    /// NAME.state.safetensors)
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Continue the run whose model this is, from the state saved beside it,
+    /// up to the same --epochs (the other options must match the run's)
+    #[arg(long, value_name = "MODEL_FILE")]
+    pub resume: Option<PathBuf>,
+    /// Also save the model and state every N steps, not only after each epoch
+    #[arg(long, value_name = "N")]
+    pub checkpoint_every: Option<usize>,
+    /// Keep the best model by this validation metric: TASK:macro_f1, TASK:accuracy
+    /// or valid_loss (the last epoch's state is still saved for resuming)
+    #[arg(long, value_name = "TASK:METRIC")]
+    pub monitor: Option<String>,
+    /// Stop after N epochs without improvement of --monitor (default valid_loss)
+    #[arg(long, value_name = "N")]
+    pub early_stop_patience: Option<usize>,
+    /// Loss weighting across tasks: equal, uncertainty, dwa, gradnorm, pcgrad, mgda-ub
+    #[arg(long, default_value = "equal", value_name = "METHOD")]
+    pub weighting: String,
+    /// Fixed weight per task's loss, e.g. topic=1,sentiment=0.5 (default 1 each)
+    #[arg(long, value_delimiter = ',', value_name = "TASK=W")]
+    pub task_weights: Vec<String>,
     /// Write one JSON line of metrics per epoch here
     #[arg(long, value_name = "FILE")]
     pub metrics_out: Option<PathBuf>,

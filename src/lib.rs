@@ -3,6 +3,7 @@
 //! task, trained together on the CPU or on NVIDIA GPUs.
 
 pub mod backend;
+pub mod checkpoint;
 pub mod cli;
 pub mod cmd;
 pub mod data;

@@ -18,6 +18,13 @@ impl Rng {
         }
     }
 
+    /// The stream for `purpose` number `index` of a run seeded with `seed`
+    /// (an epoch's shuffle, a step's dropout), reproducible on its own.
+    pub fn derived(seed: u64, purpose: u64, index: u64) -> Rng {
+        let mut base = Rng::new(seed);
+        base.fork(purpose).fork(index)
+    }
+
     /// A stream independent of this one, for one purpose (weights, shuffles).
     pub fn fork(&mut self, purpose: u64) -> Rng {
         Rng::new(self.next_u64() ^ purpose.wrapping_mul(0xd1b5_4a32_d192_ed03))

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use super::loaded::LoadedModel;
+use crate::checkpoint::Fingerprint;
 use crate::cli::{FormatArg, InputFormat, PredictArgs, TrainArgs};
 use crate::data::dataset::{
     encode_table, label_maps, EncodeOptions, Encoded, LabelMap, Summary, UnseenLabel,
@@ -43,6 +44,27 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// A hash of the encoded training data, vocabulary and label lists.
+    pub fn fingerprint(&self) -> String {
+        let mut f = Fingerprint::default();
+        for word in &self.vocab {
+            f.text(word);
+        }
+        for (task, classes) in &self.tasks {
+            f.text(task);
+            classes.iter().for_each(|c| f.text(c));
+        }
+        f.ints(&self.train.tokens);
+        f.bytes(&(self.train.offsets.len() as u64).to_le_bytes());
+        for offset in &self.train.offsets {
+            f.bytes(&(*offset as u64).to_le_bytes());
+        }
+        for labels in &self.train.labels {
+            f.ints(labels);
+        }
+        f.hex()
+    }
+
     /// A few lines describing the data, printed before training.
     pub fn summary(&self) -> String {
         let mut lines = vec![format!("data: {}", self.sources.join(", "))];

@@ -1,22 +1,24 @@
 //! `polyhead train`: read the data, build the model, train, report, save.
 
-use std::fs::File;
 use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::data::{prepare_training, Prepared};
 use crate::backend::cpu::CpuBackend;
 use crate::backend::Backend;
+use crate::checkpoint::{state_path, Checkpoint};
 use crate::cli::TrainArgs;
+use crate::fsutil::remove_stale_temporaries;
 use crate::model::init::initial_params;
 use crate::model::network::{AdamConfig, Network};
 use crate::model::{Model, ModelConfig, TaskConfig};
 use crate::rng::Rng;
 use crate::train::weighting::Method;
-use crate::train::{self, EpochReport, Event, TrainConfig};
+use crate::train::{self, EpochReport, Event, Monitor, RunState, TrainConfig};
 use crate::usage;
 
 pub fn run(args: &TrainArgs) -> Result<()> {
@@ -59,6 +61,18 @@ fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
             eprintln!("{line}");
         }
     };
+    let out = match (&args.out, &args.resume) {
+        (Some(out), _) => out.clone(),
+        (None, Some(resumed)) => resumed.clone(),
+        (None, None) => PathBuf::from("model.safetensors"),
+    };
+    let state_file = state_path(&out);
+    remove_stale_temporaries(&out);
+    remove_stale_temporaries(&state_file);
+    let resumed = match &args.resume {
+        Some(model) => Some(Checkpoint::load(&state_path(model))?),
+        None => None,
+    };
 
     let started = Instant::now();
     let data = prepare_training(args)?;
@@ -87,19 +101,45 @@ fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
             })
             .collect(),
     };
-    let mut rng = Rng::new(args.seed);
-    let mut init_rng = rng.fork(1);
+    let task_names = config.task_names();
+    let train_config = train_config(args, &task_names)?;
+    let options = training_options(args);
+    let fingerprint = data.fingerprint();
     let shape = crate::model::Shape::new(config.dims(data.vocab.len()));
-    let params = initial_params(&shape, &mut init_rng);
     let max_width = data.max_width(args.kernel_size);
+    let rows = args.batch_size.max(256);
     let describe = backend.describe();
-    let mut net = Network::new(
-        backend,
-        shape.clone(),
-        &params,
-        args.batch_size.max(256),
-        max_width,
-    )?;
+
+    let (mut net, mut state) = match resumed {
+        Some(checkpoint) => {
+            check_resumable(
+                &checkpoint,
+                &options,
+                &fingerprint,
+                &state_path(args.resume.as_ref().unwrap()),
+            )?;
+            let mut net =
+                Network::new(backend, shape.clone(), &checkpoint.params, rows, max_width)?;
+            net.set_moments(&checkpoint.m, &checkpoint.v, checkpoint.step)?;
+            say(format!(
+                "resuming at epoch {}, batch {} (step {})",
+                checkpoint.run.epoch, checkpoint.run.batches_done, checkpoint.step
+            ));
+            (net, checkpoint.run)
+        }
+        None => {
+            let params = initial_params(&shape, &mut Rng::derived(args.seed, 0, 0));
+            let net = Network::new(backend, shape.clone(), &params, rows, max_width)?;
+            (net, RunState::new(&train_config, args.seed))
+        }
+    };
+    if state.epoch > args.epochs {
+        say(format!(
+            "the run is already complete ({} epochs)",
+            args.epochs
+        ));
+        return Ok(());
+    }
     say(format!(
         "model: {} parameters (vocabulary {} + 2, D {}, F {}, k {}, H {}), {describe}",
         shape.len,
@@ -110,43 +150,61 @@ fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
         args.hidden
     ));
     say(format!(
-        "training: {} epochs, batch {}, Adam lr {}, seed {}, dropout {}",
-        args.epochs, args.batch_size, args.lr, args.seed, args.dropout
+        "training: {} epochs, batch {}, Adam lr {}, seed {}, dropout {}, weighting {}",
+        args.epochs, args.batch_size, args.lr, args.seed, args.dropout, args.weighting
     ));
 
-    let task_names = config.task_names();
-    let train_config = TrainConfig {
-        epochs: args.epochs,
-        batch_size: args.batch_size,
-        adam: AdamConfig {
-            lr: args.lr,
-            ..AdamConfig::default()
-        },
-        dropout: args.dropout,
-        task_weights: vec![1.0; task_names.len()],
-        weighting: Method::Equal,
-        eval_batch: 256,
-    };
     let mut metrics = match &args.metrics_out {
-        Some(path) => {
-            Some(File::create(path).with_context(|| format!("cannot create {}", path.display()))?)
-        }
+        Some(path) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(args.resume.is_some())
+                .write(true)
+                .truncate(args.resume.is_none())
+                .open(path)
+                .with_context(|| format!("cannot open {}", path.display()))?,
+        ),
         None => None,
     };
     let mut display = Display::new(quiet);
-    let vocab = data.vocab.clone();
-    let out = args.out.clone();
+    let keep_best = train_config.monitor.is_some();
+    let save_model = |net: &Network<B>| -> Result<()> {
+        Model::new(config.clone(), data.vocab.clone(), net.params_to_host()?)?.save(&out)
+    };
 
     let mut observe = |net: &mut Network<B>, event: Event<'_>| -> Result<()> {
         display.event(&event);
-        if let Event::EpochEnd(report) = event {
-            let model = Model::new(config.clone(), vocab.clone(), net.params_to_host()?)?;
-            model.save(&out)?;
-            if let Some(file) = metrics.as_mut() {
-                writeln!(file, "{}", serde_json::to_string(report)?)
-                    .and_then(|()| file.flush())
-                    .context("cannot write the metrics file")?;
+        match event {
+            Event::Best(_) => save_model(net)?,
+            Event::EpochEnd(report) => {
+                if let Some(file) = metrics.as_mut() {
+                    writeln!(file, "{}", serde_json::to_string(report)?)
+                        .and_then(|()| file.flush())
+                        .context("cannot write the metrics file")?;
+                }
             }
+            Event::Checkpoint(run) => {
+                if !keep_best {
+                    save_model(net)?;
+                }
+                let (m, v) = net.moments_to_host()?;
+                let checkpoint = Checkpoint {
+                    run: run.clone(),
+                    step: net.step,
+                    config: config.clone(),
+                    vocab: data.vocab.clone(),
+                    options: options.clone(),
+                    data_fingerprint: fingerprint.clone(),
+                    params: net.params_to_host()?,
+                    m,
+                    v,
+                };
+                checkpoint.save(&state_file)?;
+            }
+            Event::Stopped { epoch } => say(format!(
+                "early stop after epoch {epoch}: no improvement for the patience set"
+            )),
+            _ => {}
         }
         Ok(())
     };
@@ -156,12 +214,21 @@ fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
         data.valid.as_ref(),
         &task_names,
         &train_config,
-        &mut rng,
+        &mut state,
         &mut observe,
     )?;
-    say(format!("model written to {}", args.out.display()));
+    match state.best {
+        Some((epoch, _)) => say(format!(
+            "best model (epoch {epoch}) written to {}",
+            out.display()
+        )),
+        None => say(format!("model written to {}", out.display())),
+    }
 
     if let Some(test) = &data.test {
+        if keep_best {
+            net.set_params(&Model::load(&out)?.params)?;
+        }
         let eval = train::evaluate(&mut net, test, 256)?;
         let line: Vec<String> = eval
             .confusions
@@ -173,6 +240,126 @@ fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
             })
             .collect();
         eprintln!("test: {}", line.join(" | "));
+    }
+    Ok(())
+}
+
+/// The optimisation settings the flags ask for.
+fn train_config(args: &TrainArgs, task_names: &[String]) -> Result<TrainConfig> {
+    let weighting = match Method::parse(&args.weighting) {
+        Ok(m) => m,
+        Err(e) => usage!("--weighting: {e}"),
+    };
+    let mut task_weights = vec![1.0f32; task_names.len()];
+    for item in &args.task_weights {
+        let parsed = item
+            .split_once('=')
+            .and_then(|(t, w)| Some((t, w.parse::<f32>().ok()?)));
+        let Some((task, weight)) = parsed else {
+            usage!("--task-weights: expected TASK=WEIGHT, got {item:?}");
+        };
+        let Some(i) = task_names.iter().position(|n| n == task) else {
+            usage!(
+                "--task-weights: no task {task:?} (tasks: {})",
+                task_names.join(", ")
+            );
+        };
+        if !(weight >= 0.0 && weight.is_finite()) {
+            usage!("--task-weights: the weight of {task} must be a finite number >= 0");
+        }
+        task_weights[i] = weight;
+    }
+    let monitor = match (&args.monitor, args.early_stop_patience) {
+        (None, None) => None,
+        (spec, patience) => {
+            let spec = spec.as_deref().unwrap_or("valid_loss");
+            let (task, metric) = match spec.split_once(':') {
+                _ if spec == "valid_loss" => (None, "loss".to_string()),
+                Some((task, metric)) if metric == "macro_f1" || metric == "accuracy" => {
+                    let Some(i) = task_names.iter().position(|n| n == task) else {
+                        usage!(
+                            "--monitor: no task {task:?} (tasks: {})",
+                            task_names.join(", ")
+                        );
+                    };
+                    (Some(i), metric.to_string())
+                }
+                _ => usage!(
+                    "--monitor: expected TASK:macro_f1, TASK:accuracy or valid_loss, got {spec:?}"
+                ),
+            };
+            Some(Monitor {
+                task,
+                metric,
+                patience,
+            })
+        }
+    };
+    Ok(TrainConfig {
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        adam: AdamConfig {
+            lr: args.lr,
+            ..AdamConfig::default()
+        },
+        dropout: args.dropout,
+        task_weights,
+        weighting,
+        eval_batch: 256,
+        checkpoint_every: args.checkpoint_every,
+        monitor,
+    })
+}
+
+/// The options that shape the trained weights, as the user gave them; a
+/// resumed run must repeat them.
+fn training_options(args: &TrainArgs) -> Vec<(String, String)> {
+    let tasks = args.tasks.as_ref().map(|t| t.join(",")).unwrap_or_default();
+    [
+        ("--text-column", args.text_column.clone()),
+        ("--tasks", tasks),
+        ("--embed-dim", args.embed_dim.to_string()),
+        ("--filters", args.filters.to_string()),
+        ("--kernel-size", args.kernel_size.to_string()),
+        ("--hidden", args.hidden.to_string()),
+        ("--max-len", args.max_len.to_string()),
+        ("--vocab-size", args.vocab_size.to_string()),
+        ("--min-count", args.min_count.to_string()),
+        ("--epochs", args.epochs.to_string()),
+        ("--batch-size", args.batch_size.to_string()),
+        ("--lr", args.lr.to_string()),
+        ("--seed", args.seed.to_string()),
+        ("--dropout", args.dropout.to_string()),
+        ("--weighting", args.weighting.clone()),
+        ("--task-weights", args.task_weights.join(",")),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+fn check_resumable(
+    checkpoint: &Checkpoint,
+    options: &[(String, String)],
+    fingerprint: &str,
+    state_file: &Path,
+) -> Result<()> {
+    let shown = state_file.display();
+    for (flag, value) in options {
+        let saved = checkpoint
+            .options
+            .iter()
+            .find(|(k, _)| k == flag)
+            .map(|(_, v)| v.as_str());
+        if saved != Some(value.as_str()) {
+            usage!(
+                "--resume: {flag} is {value:?} here but {:?} in the run being resumed ({shown})",
+                saved.unwrap_or("")
+            );
+        }
+    }
+    if checkpoint.data_fingerprint != fingerprint {
+        bail!("--resume: the training data differs from the run being resumed ({shown})");
     }
     Ok(())
 }

@@ -210,6 +210,12 @@ impl<B: Backend> Network<B> {
         Ok(out)
     }
 
+    /// Replaces the parameters (the optimiser state is kept).
+    pub fn set_params(&mut self, params: &[f32]) -> Result<()> {
+        ensure!(params.len() == self.shape.len, "parameters of wrong size");
+        self.backend.upload_floats(&mut self.params, params)
+    }
+
     /// Adam's first and second moments, for saving a resumable state.
     pub fn moments_to_host(&self) -> Result<(Vec<f32>, Vec<f32>)> {
         let mut m = vec![0.0; self.shape.len];

@@ -6,13 +6,13 @@ pub mod weighting;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::backend::Backend;
 use crate::data::dataset::Encoded;
 use crate::model::network::{AdamConfig, HostBatch, Network};
 use crate::rng::Rng;
-use metrics::{Confusion, TaskScores};
+use metrics::Confusion;
 use weighting::{Method, Weighting};
 
 /// Settings of the optimisation itself.
@@ -29,6 +29,10 @@ pub struct TrainConfig {
     pub weighting: Method,
     /// Batch size for evaluation (no gradients, so larger is fine).
     pub eval_batch: usize,
+    /// Emit a checkpoint every this many steps (besides each epoch end).
+    pub checkpoint_every: Option<usize>,
+    /// Keep the best model by this metric, and maybe stop early.
+    pub monitor: Option<Monitor>,
 }
 
 /// One task's validation figures after an epoch.
@@ -73,9 +77,24 @@ fn ordered_map<S: serde::Serializer, V: Serialize>(
 
 /// Progress events for whoever displays the run.
 pub enum Event<'a> {
-    EpochStart { epoch: usize, batches: usize },
-    Batch { done: usize, loss: f64 },
+    EpochStart {
+        epoch: usize,
+        batches: usize,
+    },
+    Batch {
+        done: usize,
+        loss: f64,
+    },
     EpochEnd(&'a EpochReport),
+    /// The monitored metric improved this epoch: the model is the best yet.
+    Best(&'a EpochReport),
+    /// A point to save from: every `checkpoint_every` steps and after each
+    /// epoch.
+    Checkpoint(&'a RunState),
+    /// Early stopping ended the run after this epoch.
+    Stopped {
+        epoch: usize,
+    },
 }
 
 /// Predictions and scores of a model over one split.
@@ -167,42 +186,106 @@ fn cross_entropy(logits: &[f32], gold: usize) -> f64 {
     log_sum - (logits[gold] as f64 - max)
 }
 
-/// Trains `net` on `train` for `config.epochs` epochs, evaluating on
-/// `valid` after each, and calls `observe` as it goes (after each epoch the
-/// caller may save the model). Rows without any label are skipped.
+/// Where a run stands: everything needed to continue it exactly (with the
+/// parameters and Adam moments held by the network).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunState {
+    pub seed: u64,
+    /// The epoch in progress (1-based).
+    pub epoch: usize,
+    /// Batches of that epoch already done.
+    pub batches_done: usize,
+    /// Sum of the done batches' losses, and of their gradient coefficients.
+    pub loss_total: f64,
+    pub mix_total: Vec<f64>,
+    pub weighting: Weighting,
+    /// Best monitored value so far and its epoch.
+    pub best: Option<(usize, f64)>,
+    /// Epochs since the best one.
+    pub since_best: usize,
+}
+
+impl RunState {
+    pub fn new(config: &TrainConfig, seed: u64) -> RunState {
+        let base = config.task_weights.iter().map(|&w| w as f64).collect();
+        let lr = config.adam.lr as f64;
+        RunState {
+            seed,
+            epoch: 1,
+            batches_done: 0,
+            loss_total: 0.0,
+            mix_total: vec![0.0; config.task_weights.len()],
+            weighting: Weighting::new(config.weighting, base, lr, Rng::derived(seed, 3, 0)),
+            best: None,
+            since_best: 0,
+        }
+    }
+}
+
+/// What is watched for early stopping and for keeping the best model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Monitor {
+    /// Task index, or `None` for the validation loss.
+    pub task: Option<usize>,
+    /// `accuracy` or `macro_f1` (ignored for the loss).
+    pub metric: String,
+    /// Stop after this many epochs without improvement.
+    pub patience: Option<usize>,
+}
+
+impl Monitor {
+    fn value(&self, report: &EpochReport) -> Option<f64> {
+        match self.task {
+            None => report.valid_loss.map(|l| -l),
+            Some(i) => report.valid.get(i).map(|(_, s)| {
+                if self.metric == "accuracy" {
+                    s.accuracy
+                } else {
+                    s.macro_f1
+                }
+            }),
+        }
+    }
+}
+
+/// Trains `net` on `train` up to `config.epochs` epochs from `state`,
+/// evaluating on `valid` after each, and tells `observe` what happens (the
+/// caller saves models and checkpoints). Rows without any label are
+/// skipped. Each epoch's order and each step's dropout come from the seed
+/// and their number alone, so a resumed run repeats an uninterrupted one.
+#[allow(clippy::too_many_arguments)]
 pub fn train<B: Backend>(
     net: &mut Network<B>,
     train: &Encoded,
     valid: Option<&Encoded>,
     task_names: &[String],
     config: &TrainConfig,
-    rng: &mut Rng,
+    state: &mut RunState,
     observe: &mut dyn FnMut(&mut Network<B>, Event<'_>) -> Result<()>,
 ) -> Result<Vec<EpochReport>> {
     let shape = net.shape.clone();
     let tasks = shape.tasks();
     let filters = shape.dims.filters;
-    let mut order: Vec<usize> = (0..train.rows())
+    let rows: Vec<usize> = (0..train.rows())
         .filter(|&r| (0..tasks).any(|i| train.labels[i][r] >= 0))
         .collect();
-    if order.is_empty() {
+    if rows.is_empty() {
         bail!("no training row has a label for any task");
     }
-    let batches = order.len().div_ceil(config.batch_size);
+    let batches = rows.len().div_ceil(config.batch_size);
     let mut batch = HostBatch::default();
     let mut mask = vec![0.0f32; config.batch_size * filters];
     let mut reports = Vec::with_capacity(config.epochs);
-    let base = config.task_weights.iter().map(|&w| w as f64).collect();
-    let mut weighting = Weighting::new(config.weighting, base, config.adam.lr as f64, rng.fork(7));
 
-    for epoch in 1..=config.epochs {
+    while state.epoch <= config.epochs {
+        let epoch = state.epoch;
         observe(net, Event::EpochStart { epoch, batches })?;
-        rng.shuffle(&mut order);
+        let mut order = rows.clone();
+        Rng::derived(state.seed, 1, epoch as u64).shuffle(&mut order);
         let started = Instant::now();
-        let mut loss_total = 0.0;
-        let mut mix_total = vec![0.0; tasks];
+        let first = state.batches_done;
 
-        for (step, chunk) in order.chunks(config.batch_size).enumerate() {
+        for (step, chunk) in order.chunks(config.batch_size).enumerate().skip(first) {
             batch.fill(chunk.iter().map(|&r| train.text(r)), shape.dims.kernel);
             for i in 0..tasks {
                 batch
@@ -212,6 +295,7 @@ pub fn train<B: Backend>(
             let dropout = if config.dropout > 0.0 {
                 let keep = 1.0 / (1.0 - config.dropout);
                 let n = chunk.len() * filters;
+                let mut rng = Rng::derived(state.seed, 2, net.step);
                 for m in &mut mask[..n] {
                     *m = if rng.next_f64() < config.dropout as f64 {
                         0.0
@@ -224,35 +308,46 @@ pub fn train<B: Backend>(
                 None
             };
 
+            let weighting = &mut state.weighting;
             let weights: Vec<f32> = weighting.loss_weights().iter().map(|&w| w as f32).collect();
-            let losses = net.backward(&batch, &weights, &mut weighting, dropout)?;
-            weighting.observe(&losses.means(), &losses.gram);
-            for (total, c) in mix_total.iter_mut().zip(&weighting.last_coeffs) {
-                *total += c;
-            }
+            let losses = net.backward(&batch, &weights, weighting, dropout)?;
             let loss = losses.weighted(&weights);
             if !loss.is_finite() {
                 bail!(
                     "the training loss became {loss} at epoch {epoch}, step {} (batch {} of {}); \
-                     the model file holds the last finished epoch",
+                     the model file keeps the last good checkpoint",
                     net.step + 1,
                     step + 1,
                     batches
                 );
             }
+            weighting.observe(&losses.means(), &losses.gram);
+            for (total, c) in state.mix_total.iter_mut().zip(&weighting.last_coeffs) {
+                *total += c;
+            }
             net.adam_step(&config.adam)?;
-            loss_total += loss;
+            state.loss_total += loss;
+            state.batches_done = step + 1;
+            let mean = state.loss_total / (step + 1) as f64;
             observe(
                 net,
                 Event::Batch {
                     done: step + 1,
-                    loss: loss_total / (step + 1) as f64,
+                    loss: mean,
                 },
             )?;
+            if config
+                .checkpoint_every
+                .is_some_and(|n| net.step % n as u64 == 0)
+                && step + 1 < batches
+            {
+                observe(net, Event::Checkpoint(state))?;
+            }
         }
         net.backend.synchronize()?;
         let seconds = started.elapsed().as_secs_f64();
-        weighting.end_epoch();
+        let examples = rows.len() - (first * config.batch_size).min(rows.len());
+        state.weighting.end_epoch();
         let named = |values: Vec<f64>| -> Vec<(String, f64)> {
             task_names.iter().cloned().zip(values).collect()
         };
@@ -260,12 +355,12 @@ pub fn train<B: Backend>(
         let (valid_loss, valid_scores) = match valid {
             Some(v) => {
                 let eval = evaluate(net, v, config.eval_batch)?;
-                let scores: Vec<(String, TaskSummary)> = eval
+                let scores = eval
                     .confusions
                     .iter()
                     .zip(task_names)
                     .map(|(c, name)| {
-                        let s: TaskScores = c.scores(&[]);
+                        let s = c.scores(&[]);
                         (
                             name.clone(),
                             TaskSummary {
@@ -281,16 +376,39 @@ pub fn train<B: Backend>(
         };
         let report = EpochReport {
             epoch,
-            train_loss: loss_total / batches as f64,
+            train_loss: state.loss_total / batches as f64,
             seconds,
-            examples_per_second: order.len() as f64 / seconds,
+            examples_per_second: examples as f64 / seconds,
             valid_loss,
             valid: valid_scores,
-            loss_weights: named(weighting.loss_weights()),
-            gradient_mix: named(mix_total.iter().map(|t| t / batches as f64).collect()),
+            loss_weights: named(state.weighting.loss_weights()),
+            gradient_mix: named(state.mix_total.iter().map(|t| t / batches as f64).collect()),
         };
+
+        state.epoch += 1;
+        state.batches_done = 0;
+        state.loss_total = 0.0;
+        state.mix_total.iter_mut().for_each(|t| *t = 0.0);
+        let mut stop = false;
+        if let Some(monitor) = &config.monitor {
+            if let Some(value) = monitor.value(&report) {
+                if state.best.is_none_or(|(_, best)| value > best) {
+                    state.best = Some((epoch, value));
+                    state.since_best = 0;
+                    observe(net, Event::Best(&report))?;
+                } else {
+                    state.since_best += 1;
+                    stop = monitor.patience.is_some_and(|p| state.since_best >= p);
+                }
+            }
+        }
         observe(net, Event::EpochEnd(&report))?;
+        observe(net, Event::Checkpoint(state))?;
         reports.push(report);
+        if stop {
+            observe(net, Event::Stopped { epoch })?;
+            break;
+        }
     }
     Ok(reports)
 }

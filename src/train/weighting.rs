@@ -31,11 +31,12 @@
 //!   representation.
 
 use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
 
 use crate::model::network::GradientMix;
 use crate::rng::Rng;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Method {
     Equal,
     Uncertainty,
@@ -80,7 +81,7 @@ const GRADNORM_ALPHA: f64 = 1.5;
 const DWA_TEMPERATURE: f64 = 2.0;
 
 /// The state of one weighting method over a run.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Weighting {
     pub method: Method,
     /// Fixed per-task factors (`--task-weights`), applied on top of every method.

@@ -1,0 +1,272 @@
+//! Bad input gets one clear line naming the file, line, column or flag,
+//! exit code 1 (2 for a misuse of the command line), no panic, and
+//! nothing already written is lost.
+
+mod common;
+
+use common::{polyhead, scratch, Run};
+
+/// Writes `files` into a fresh folder and runs `polyhead ARGS` there.
+fn run_with(name: &str, files: &[(&str, &[u8])], args: &[&str]) -> Run {
+    let dir = scratch(name);
+    for (file, bytes) in files {
+        std::fs::write(dir.join(file), bytes).unwrap();
+    }
+    polyhead(&dir, args)
+}
+
+fn train_on(name: &str, file: &str, bytes: &[u8]) -> Run {
+    run_with(
+        name,
+        &[(file, bytes)],
+        &[
+            "train",
+            "--data",
+            file,
+            "--epochs",
+            "1",
+            "--out",
+            "m.safetensors",
+        ],
+    )
+}
+
+fn expect_error(run: Run, code: i32, needles: &[&str]) {
+    let run = run.fails(code);
+    let first = run
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("polyhead: ") && !l.contains("warning"));
+    let line = first.unwrap_or_else(|| panic!("no error line in: {}", run.stderr));
+    for needle in needles {
+        assert!(line.contains(needle), "{needle:?} not in {line:?}");
+    }
+}
+
+const GOOD: &str = "text\ttopic\na b c\tx\nd e f\ty\n";
+
+#[test]
+fn row_with_more_fields_than_the_header() {
+    let run = train_on("ragged", "r.tsv", b"text\ttopic\na b\tx\nc d\ty\tz\n");
+    expect_error(run, 1, &["r.tsv:3: row has 3 fields, the header has 2"]);
+}
+
+#[test]
+fn invalid_utf8_names_line_and_column() {
+    let run = train_on("utf8", "u.tsv", b"text\ttopic\nab\xffcd\tx\n");
+    expect_error(run, 1, &["u.tsv:2:3: invalid UTF-8"]);
+}
+
+#[test]
+fn missing_text_column() {
+    let run = train_on("notext", "n.tsv", b"body\ttopic\na\tx\n");
+    expect_error(
+        run,
+        1,
+        &["n.tsv", "no column \"text\"", "columns: body, topic"],
+    );
+}
+
+#[test]
+fn unknown_task_column() {
+    let run = run_with(
+        "notask",
+        &[("t.tsv", GOOD.as_bytes())],
+        &["train", "--data", "t.tsv", "--tasks", "topic,mood"],
+    );
+    expect_error(
+        run,
+        1,
+        &["t.tsv", "no column \"mood\"", "columns: text, topic"],
+    );
+}
+
+#[test]
+fn duplicated_header_names() {
+    let run = train_on("dup", "d.tsv", b"text\ttopic\ttopic\na\tx\ty\n");
+    expect_error(run, 1, &["d.tsv:1", "column \"topic\" appears twice"]);
+}
+
+#[test]
+fn empty_file() {
+    let run = train_on("empty", "e.tsv", b"");
+    expect_error(run, 1, &["e.tsv", "empty file"]);
+}
+
+#[test]
+fn only_a_header() {
+    let run = train_on("header", "h.tsv", b"text\ttopic\n");
+    expect_error(run, 1, &["h.tsv", "task \"topic\" has no label"]);
+}
+
+#[test]
+fn all_labels_of_a_task_missing() {
+    let run = train_on("nolabels", "l.tsv", b"text\ttopic\tmood\na\tx\t\nb\ty\t\n");
+    expect_error(run, 1, &["l.tsv", "task \"mood\" has no label in any row"]);
+}
+
+#[test]
+fn json_line_that_is_not_json() {
+    let run = train_on(
+        "json",
+        "j.jsonl",
+        b"{\"text\": \"a\", \"topic\": \"x\"}\n{\"text\": oops}\n",
+    );
+    expect_error(run, 1, &["j.jsonl:2:", "not valid JSON"]);
+}
+
+#[test]
+fn json_line_that_is_not_an_object() {
+    let run = train_on(
+        "jsonarr",
+        "j.jsonl",
+        b"{\"text\": \"a\", \"topic\": \"x\"}\n[1, 2]\n",
+    );
+    expect_error(run, 1, &["j.jsonl:2: expected a JSON object"]);
+}
+
+#[test]
+fn unknown_extension_asks_for_format() {
+    let run = train_on("ext", "data.txt", GOOD.as_bytes());
+    expect_error(run, 1, &["data.txt", "--format"]);
+    let run = run_with(
+        "ext2",
+        &[("data.txt", GOOD.as_bytes())],
+        &[
+            "train", "--data", "data.txt", "--format", "tsv", "--epochs", "1",
+        ],
+    );
+    run.ok();
+}
+
+#[test]
+fn label_unseen_in_training() {
+    let run = run_with(
+        "unseen",
+        &[
+            ("train.tsv", GOOD.as_bytes()),
+            ("valid.tsv", b"text\ttopic\nq\tx\nr\tweather\n"),
+        ],
+        &[
+            "train",
+            "--train",
+            "train.tsv",
+            "--valid",
+            "valid.tsv",
+            "--epochs",
+            "1",
+        ],
+    );
+    expect_error(
+        run,
+        1,
+        &["valid.tsv:3: task \"topic\": label \"weather\" never appeared in training"],
+    );
+
+    let run = run_with(
+        "unseen-ok",
+        &[
+            ("train.tsv", GOOD.as_bytes()),
+            ("valid.tsv", b"text\ttopic\nq\tx\nr\tweather\n"),
+        ],
+        &[
+            "train",
+            "--train",
+            "train.tsv",
+            "--valid",
+            "valid.tsv",
+            "--epochs",
+            "1",
+            "--allow-unseen-labels",
+        ],
+    )
+    .ok();
+    assert!(
+        run.stderr
+            .contains("1 row with a label unknown to the model"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn validation_file_missing_a_task_column() {
+    let run = run_with(
+        "validcol",
+        &[
+            ("train.tsv", b"text\ttopic\tmood\na\tx\tp\nb\ty\tq\n"),
+            ("valid.tsv", GOOD.as_bytes()),
+        ],
+        &[
+            "train",
+            "--train",
+            "train.tsv",
+            "--valid",
+            "valid.tsv",
+            "--epochs",
+            "1",
+        ],
+    );
+    expect_error(
+        run,
+        1,
+        &["valid.tsv", "no column \"mood\"", "columns: text, topic"],
+    );
+}
+
+#[test]
+fn missing_input_file() {
+    let run = run_with("nofile", &[], &["train", "--train", "absent.tsv"]);
+    expect_error(run, 1, &["absent.tsv", "cannot open"]);
+}
+
+#[test]
+fn line_longer_than_the_limit() {
+    let mut bytes = b"text\ttopic\n".to_vec();
+    bytes.extend(std::iter::repeat_n(b'a', 17 << 20));
+    bytes.extend(b"\tx\n");
+    let run = train_on("long", "long.tsv", &bytes);
+    expect_error(run, 1, &["long.tsv:2: line longer than 16 MiB"]);
+}
+
+#[test]
+fn failed_run_keeps_the_model_already_written() {
+    let dir = scratch("keep");
+    std::fs::write(dir.join("t.tsv"), GOOD).unwrap();
+    polyhead(
+        &dir,
+        &[
+            "train",
+            "--data",
+            "t.tsv",
+            "--epochs",
+            "1",
+            "--out",
+            "m.safetensors",
+        ],
+    )
+    .ok();
+    let before = std::fs::read(dir.join("m.safetensors")).unwrap();
+    std::fs::write(dir.join("bad.tsv"), "text\ttopic\na\tx\tz\n").unwrap();
+    polyhead(
+        &dir,
+        &["train", "--data", "bad.tsv", "--out", "m.safetensors"],
+    )
+    .fails(1);
+    assert_eq!(std::fs::read(dir.join("m.safetensors")).unwrap(), before);
+}
+
+#[test]
+fn flags_out_of_range_are_usage_errors() {
+    for (flag, value) in [
+        ("--lr", "-1"),
+        ("--dropout", "1.5"),
+        ("--batch-size", "0"),
+        ("--threads", "0"),
+    ] {
+        let run = run_with("flags", &[], &["train", &format!("{flag}={value}")]);
+        expect_error(run, 2, &[flag]);
+    }
+    let run = run_with("gpu", &[], &["train", "--gpu", "0"]);
+    expect_error(run, 2, &["--gpu 0"]);
+}

@@ -1,0 +1,211 @@
+//! Runs that survive: a training process killed with SIGKILL at random
+//! moments never leaves a torn model or state file, and resuming from what
+//! it left reaches the same final weights, to the bit, as a run that was
+//! never interrupted.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{case, polyhead, scratch};
+use polyhead::checkpoint::{state_path, Checkpoint};
+use polyhead::model::Model;
+use polyhead::rng::Rng;
+
+const KILLS: usize = 20;
+
+fn options(data: &str, out: &str) -> Vec<String> {
+    [
+        "train",
+        "--data",
+        data,
+        "--batch-size",
+        "4",
+        "--epochs",
+        "10",
+        "--checkpoint-every",
+        "1",
+        "--dropout",
+        "0.1",
+        "--weighting",
+        "uncertainty",
+        "--quiet",
+        "--out",
+        out,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn bits(model: &Model) -> Vec<u32> {
+    model.params.iter().map(|v| v.to_bits()).collect()
+}
+
+#[test]
+fn sigkill_at_random_moments_then_resume_gives_identical_weights() {
+    let dir = scratch("kill");
+    let data = case("case-16").join("train.tsv");
+    let data = data.to_str().unwrap();
+
+    let started = Instant::now();
+    let reference_args = options(data, "reference.safetensors");
+    let refs: Vec<&str> = reference_args.iter().map(String::as_str).collect();
+    polyhead(&dir, &refs).ok();
+    let full_run = started.elapsed();
+    let reference = Model::load(&dir.join("reference.safetensors")).unwrap();
+
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    println!("kill moments drawn with seed {seed}; an uninterrupted run takes {full_run:?}");
+    let mut rng = Rng::new(seed as u64);
+    let (mut killed_mid_run, mut resumed) = (0, 0);
+
+    for attempt in 0..KILLS {
+        let model = dir.join(format!("run{attempt}.safetensors"));
+        let args = options(data, model.file_name().unwrap().to_str().unwrap());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_polyhead"))
+            .args(&args)
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let delay = rng.uniform(0.05, full_run.as_secs_f64().max(0.1));
+        std::thread::sleep(Duration::from_secs_f64(delay));
+        if child.try_wait().unwrap().is_none() {
+            killed_mid_run += 1;
+        }
+        child.kill().ok();
+        child.wait().unwrap();
+
+        // Whatever is on disk is a complete old or new version.
+        let state = state_path(&model);
+        if model.exists() {
+            Model::load(&model).unwrap_or_else(|e| panic!("attempt {attempt}: torn model: {e:#}"));
+        }
+        if state.exists() {
+            Checkpoint::load(&state)
+                .unwrap_or_else(|e| panic!("attempt {attempt}: torn state: {e:#}"));
+        }
+
+        let mut args = args.clone();
+        if state.exists() {
+            args.extend(["--resume".to_string(), model.to_str().unwrap().to_string()]);
+            resumed += 1;
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        polyhead(&dir, &refs).ok();
+        let finished = Model::load(&model).unwrap();
+        assert!(
+            bits(&finished) == bits(&reference),
+            "attempt {attempt} (killed after {delay:.3} s): weights differ"
+        );
+    }
+    println!(
+        "{KILLS} kills, {killed_mid_run} while training ran, {resumed} resumed from a checkpoint"
+    );
+    assert!(
+        killed_mid_run >= KILLS / 2,
+        "too few kills landed mid-run: {killed_mid_run}"
+    );
+}
+
+#[test]
+fn resuming_with_other_options_or_data_is_refused() {
+    let dir = scratch("resume-mismatch");
+    let data = case("case-16").join("train.tsv");
+    let data = data.to_str().unwrap();
+    polyhead(
+        &dir,
+        &[
+            "train",
+            "--data",
+            data,
+            "--epochs",
+            "2",
+            "--quiet",
+            "--out",
+            "m.safetensors",
+        ],
+    )
+    .ok();
+
+    let run = polyhead(
+        &dir,
+        &[
+            "train",
+            "--data",
+            data,
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--resume",
+            "m.safetensors",
+        ],
+    )
+    .fails(2);
+    assert!(
+        run.stderr.contains("--batch-size is \"8\" here but \"64\""),
+        "{}",
+        run.stderr
+    );
+
+    let other = case("case-01").join("train.tsv");
+    let run = polyhead(
+        &dir,
+        &[
+            "train",
+            "--data",
+            other.to_str().unwrap(),
+            "--epochs",
+            "2",
+            "--resume",
+            "m.safetensors",
+        ],
+    )
+    .fails(1);
+    assert!(
+        run.stderr.contains("training data differs"),
+        "{}",
+        run.stderr
+    );
+
+    let run = polyhead(
+        &dir,
+        &[
+            "train",
+            "--data",
+            data,
+            "--epochs",
+            "2",
+            "--resume",
+            "absent.safetensors",
+        ],
+    )
+    .fails(1);
+    assert!(
+        run.stderr.contains("absent.state.safetensors"),
+        "{}",
+        run.stderr
+    );
+
+    let run = polyhead(
+        &dir,
+        &[
+            "train",
+            "--data",
+            data,
+            "--epochs",
+            "2",
+            "--resume",
+            "m.safetensors",
+        ],
+    )
+    .ok();
+    assert!(run.stderr.contains("already complete"), "{}", run.stderr);
+}
