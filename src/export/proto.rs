@@ -134,7 +134,6 @@ pub struct AttributeProto {
 pub mod data_type {
     pub const FLOAT: i32 = 1;
     pub const INT64: i32 = 7;
-    pub const BOOL: i32 = 9;
 }
 
 /// `onnx.TensorProto`: a constant (initializer or attribute value).
