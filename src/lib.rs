@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod cmd;
 pub mod data;
+pub mod export;
 pub mod fsutil;
 pub mod model;
 pub mod rng;
