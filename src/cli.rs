@@ -25,6 +25,8 @@ pub enum Command {
     Eval(EvalArgs),
     /// Predict every task for each input line or record, one JSON object per line
     Predict(PredictArgs),
+    /// Export a model for other runtimes: ONNX, or a PyTorch module in one Python file
+    Export(ExportArgs),
     /// Time the fused operations and whole training steps on synthetic batches
     Bench(BenchArgs),
     /// Version, CPU features in use, threads, CUDA support and devices
@@ -264,4 +266,23 @@ pub struct BenchArgs {
     /// Print one JSON line shaped like the PyTorch peer's bench output
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormatArg {
+    /// An ONNX graph: input `tokens` int64 [batch, length], one probability output per task
+    Onnx,
+    /// A dependency-free Python file defining the PyTorch module and tokenizer
+    Torch,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ExportArgs {
+    #[arg(long, value_name = "FILE")]
+    pub model: PathBuf,
+    #[arg(long, value_enum)]
+    pub format: ExportFormatArg,
+    /// Output file (.onnx or .py); the vocabulary and labels go beside it as STEM.vocab.json
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
 }

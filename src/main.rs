@@ -14,6 +14,13 @@ fn main() -> ExitCode {
         Command::Train(args) => cmd::train::run(&args),
         Command::Eval(args) => cmd::eval::run(&args),
         Command::Predict(args) => cmd::predict::run(&args),
+        Command::Export(args) => {
+            let format = match args.format {
+                polyhead::cli::ExportFormatArg::Onnx => "onnx",
+                polyhead::cli::ExportFormatArg::Torch => "torch",
+            };
+            polyhead::export::run_export(&args.model, format, &args.out)
+        }
         Command::Bench(args) => cmd::bench::run(&args),
         Command::Info => cmd::info::run(),
     };
