@@ -9,5 +9,6 @@ pub mod cmd;
 pub mod data;
 pub mod fsutil;
 pub mod model;
+pub mod report;
 pub mod rng;
 pub mod train;

@@ -15,6 +15,8 @@ fn main() -> ExitCode {
         Command::Eval(args) => cmd::eval::run(&args),
         Command::Predict(args) => cmd::predict::run(&args),
         Command::Bench(args) => cmd::bench::run(&args),
+        Command::Compare(args) => cmd::compare::run(&args),
+        Command::Report(args) => cmd::report::run(&args),
         Command::Info => cmd::info::run(),
     };
     match result {
