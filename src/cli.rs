@@ -29,6 +29,12 @@ pub enum Command {
     Export(ExportArgs),
     /// Time the fused operations and whole training steps on synthetic batches
     Bench(BenchArgs),
+    /// Train one multi-task model and one single-task model per task over
+    /// several seeds, and compare their validation (and test) scores
+    Compare(Box<CompareArgs>),
+    /// Write a self-contained HTML page of a run's metrics, a model's
+    /// per-class scores and a comparison
+    Report(ReportArgs),
     /// Version, CPU features in use, threads, CUDA support and devices
     Info,
 }
@@ -285,4 +291,47 @@ pub struct ExportArgs {
     /// Output file (.onnx or .py); the vocabulary and labels go beside it as STEM.vocab.json
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CompareArgs {
+    /// The settings of every run; --seed is the first seed
+    #[command(flatten)]
+    pub train: TrainArgs,
+    /// Seeds per arm: --seed, --seed + 1, ...
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub seeds: usize,
+    /// Also write the comparison as JSON here (for `polyhead report --compare`)
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ReportArgs {
+    /// Per-epoch metrics, as written by `train --metrics-out`
+    #[arg(long, value_name = "FILE")]
+    pub metrics: Option<PathBuf>,
+    /// A trained model: its configuration, and with --data its per-class scores
+    #[arg(long, value_name = "FILE")]
+    pub model: Option<PathBuf>,
+    /// Labelled table to score with --model: per-class F1 and confusion matrices
+    #[arg(long, value_name = "FILE", requires = "model")]
+    pub data: Option<PathBuf>,
+    /// Table format of --data when the extension does not tell
+    #[arg(long, value_enum)]
+    pub format: Option<FormatArg>,
+    /// Column of --data holding the text
+    #[arg(long, default_value = "text", value_name = "NAME")]
+    pub text_column: String,
+    /// A comparison, as written by `compare --json`
+    #[arg(long, value_name = "FILE")]
+    pub compare: Option<PathBuf>,
+    /// Title of the page
+    #[arg(long, default_value = "polyhead report")]
+    pub title: String,
+    /// Where to write the page
+    #[arg(long, default_value = "report.html", value_name = "FILE")]
+    pub out: PathBuf,
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
 }

@@ -10,5 +10,6 @@ pub mod data;
 pub mod export;
 pub mod fsutil;
 pub mod model;
+pub mod report;
 pub mod rng;
 pub mod train;

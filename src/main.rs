@@ -22,6 +22,8 @@ fn main() -> ExitCode {
             polyhead::export::run_export(&args.model, format, &args.out)
         }
         Command::Bench(args) => cmd::bench::run(&args),
+        Command::Compare(args) => cmd::compare::run(&args),
+        Command::Report(args) => cmd::report::run(&args),
         Command::Info => cmd::info::run(),
     };
     match result {

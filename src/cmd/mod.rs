@@ -2,11 +2,13 @@
 //! runs, and reports.
 
 pub mod bench;
+pub mod compare;
 pub mod data;
 pub mod eval;
 pub mod info;
 pub mod loaded;
 pub mod predict;
+pub mod report;
 pub mod train;
 
 use std::fmt;

@@ -245,7 +245,7 @@ fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
 }
 
 /// The optimisation settings the flags ask for.
-fn train_config(args: &TrainArgs, task_names: &[String]) -> Result<TrainConfig> {
+pub(crate) fn train_config(args: &TrainArgs, task_names: &[String]) -> Result<TrainConfig> {
     let weighting = match Method::parse(&args.weighting) {
         Ok(m) => m,
         Err(e) => usage!("--weighting: {e}"),
