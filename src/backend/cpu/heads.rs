@@ -50,6 +50,9 @@ pub fn forward(
     let (sum_h, sum_c) = (shape.sum_hidden(), shape.sum_classes());
     let w1 = &params[shape.hidden_weights.range()];
     let c1 = &params[shape.hidden_biases.range()];
+    if rows == 0 {
+        return;
+    }
 
     kernel::pack(path, filters, sum_h, &mut scratch.packed, |f, u| {
         w1[u * filters + f]
@@ -105,6 +108,21 @@ pub fn backward(
 ) {
     let filters = shape.dims.filters;
     let (sum_h, sum_c) = (shape.sum_hidden(), shape.sum_classes());
+    if rows == 0 {
+        // No rows, no gradient: the head spans still hold this batch's
+        // (zero) gradient.
+        for spans in &shape.heads {
+            for span in [
+                spans.hidden_weight,
+                spans.hidden_bias,
+                spans.out_weight,
+                spans.out_bias,
+            ] {
+                grads[span.range()].fill(0.0);
+            }
+        }
+        return;
+    }
 
     let hidden_grad = super::grow(&mut scratch.hidden_grad, rows * sum_h);
     for (i, (spans, head)) in shape.heads.iter().zip(&shape.dims.heads).enumerate() {
