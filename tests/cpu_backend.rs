@@ -1400,7 +1400,7 @@ fn whole_model_gradient_matches_finite_differences() {
             }
             let relative = diff2.sqrt() / norm2.sqrt().max(1e-12);
             println!(
-                "{}: {name:<22} |grad| {:.3e}  relative error vs central differences {relative:.2e}",
+                "{}: {name:<26} |grad| {:.3e}, error vs central differences {relative:.2e}",
                 path.name(),
                 norm2.sqrt()
             );
