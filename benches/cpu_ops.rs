@@ -310,16 +310,80 @@ fn stats(mut seconds: Vec<f64>) -> Stats {
     }
 }
 
-fn report(name: &str, s: &Stats, rows: usize, conv_flop: f64, useful_flop: f64) {
+/// Nanoseconds this process's threads have run on a CPU, and waited in the
+/// run queue for one (Linux `/proc/self/task/*/schedstat`; zeros elsewhere).
+/// The machine is shared: the wait says how much others took, and the run
+/// time per call estimates the cost on cores of one's own.
+fn scheduler_ns() -> (u64, u64) {
+    let (mut run, mut wait) = (0, 0);
+    let tasks = std::fs::read_dir("/proc/self/task").into_iter().flatten();
+    for task in tasks.flatten() {
+        if let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) {
+            let mut fields = text
+                .split_whitespace()
+                .map(|f| f.parse::<u64>().unwrap_or(0));
+            run += fields.next().unwrap_or(0);
+            wait += fields.next().unwrap_or(0);
+        }
+    }
+    (run, wait)
+}
+
+/// Wall-clock times of the timed calls plus the scheduler's view of them.
+struct Timed {
+    seconds: Vec<f64>,
+    run_ns: u64,
+    wait_ns: u64,
+}
+
+/// Calls `call(i)` for `i` in `0..warmup + steps`, timing the last `steps`.
+fn time_calls(warmup: usize, steps: usize, mut call: impl FnMut(usize)) -> Timed {
+    let mut timed = Timed {
+        seconds: Vec::new(),
+        run_ns: 0,
+        wait_ns: 0,
+    };
+    for i in 0..warmup + steps {
+        let (run, wait) = scheduler_ns();
+        let start = Instant::now();
+        call(i);
+        let seconds = start.elapsed().as_secs_f64();
+        if i >= warmup {
+            let (run_end, wait_end) = scheduler_ns();
+            timed.seconds.push(seconds);
+            timed.run_ns += run_end - run;
+            timed.wait_ns += wait_end - wait;
+        }
+    }
+    timed
+}
+
+/// One line: wall-clock median (min, max), examples and conv GFLOP/s at the
+/// median; then the same from on-CPU time, and the share of time waited.
+fn report(name: &str, timed: Timed, rows: usize, threads: usize, flop: (f64, f64)) {
+    let (conv_flop, useful_flop) = flop;
+    let calls = timed.seconds.len() as f64;
+    let s = stats(timed.seconds);
+    // On-CPU time per call spread over the threads: the wall time the call
+    // would take with the cores to itself.
+    let busy = timed.run_ns as f64 * 1e-9 / calls / threads as f64;
+    let waited = timed.wait_ns as f64 / (timed.run_ns + timed.wait_ns).max(1) as f64;
     println!(
-        "{name:<8} median {:8.2} ms  (min {:7.2}, max {:7.2})  {:8.0} ex/s  \
-         conv {:6.1} GFLOP/s  useful {:6.1} GFLOP/s",
+        "{name:<7} median {:7.2} ms (min {:6.2}, max {:6.2}) {:6.0} ex/s \
+         conv {:5.1} GFLOP/s (useful {:5.1})",
         s.median * 1e3,
         s.min * 1e3,
         s.max * 1e3,
         rows as f64 / s.median,
         conv_flop / s.median * 1e-9,
         useful_flop / s.median * 1e-9,
+    );
+    println!(
+        "        on-CPU {:7.2} ms per thread {:6.0} ex/s conv {:5.1} GFLOP/s | waited {:.0}%",
+        busy * 1e3,
+        rows as f64 / busy,
+        conv_flop / busy * 1e-9,
+        waited * 100.0,
     );
 }
 
@@ -367,60 +431,45 @@ fn run(options: &Options, lengths: Lengths) {
         lengths.name()
     );
 
-    let total = options.warmup + options.steps;
-    let mut encoder = Vec::new();
-    for i in 0..total {
+    let (warmup, steps) = (options.warmup, options.steps);
+    let (threads, flop) = (options.threads, (conv_flop, useful_flop));
+    let ok = "the bench's buffers fit its batches";
+    let tokens = |i: usize| {
         let batch = &batches[i % BATCHES];
-        let tokens = TokenBatch {
+        TokenBatch {
             tokens: &batch.tokens,
             lengths: &batch.lengths,
             rows,
             width: WIDTH,
-        };
-        let start = Instant::now();
-        cpu.encoder_forward(&shape, &work.params, &tokens, &mut work.h, &mut work.win)
-            .expect("the bench's buffers fit its batches");
-        if i >= options.warmup {
-            encoder.push(start.elapsed().as_secs_f64());
         }
-    }
-    report("encoder", &stats(encoder), rows, conv_flop, useful_flop);
+    };
 
-    let mut forward = Vec::new();
-    for i in 0..total {
-        let batch = &batches[i % BATCHES];
-        let tokens = TokenBatch {
-            tokens: &batch.tokens,
-            lengths: &batch.lengths,
-            rows,
-            width: WIDTH,
-        };
-        let start = Instant::now();
+    let encoder = time_calls(warmup, steps, |i| {
         let w = &mut work;
-        cpu.encoder_forward(&shape, &w.params, &tokens, &mut w.h, &mut w.win)
-            .and_then(|()| {
-                cpu.heads_forward(&shape, &w.params, &w.h, rows, &mut w.hidden, &mut w.logits)
-            })
-            .expect("the bench's buffers fit its batches");
-        if i >= options.warmup {
-            forward.push(start.elapsed().as_secs_f64());
-        }
-    }
-    report("forward", &stats(forward), rows, conv_flop, useful_flop);
+        cpu.encoder_forward(&shape, &w.params, &tokens(i), &mut w.h, &mut w.win)
+            .expect(ok);
+    });
+    report("encoder", encoder, rows, threads, flop);
 
-    let mut steps = Vec::new();
+    let forward = time_calls(warmup, steps, |i| {
+        let w = &mut work;
+        cpu.encoder_forward(&shape, &w.params, &tokens(i), &mut w.h, &mut w.win)
+            .expect(ok);
+        cpu.heads_forward(&shape, &w.params, &w.h, rows, &mut w.hidden, &mut w.logits)
+            .expect(ok);
+    });
+    report("forward", forward, rows, threads, flop);
+
     let mut phases: Vec<Vec<f64>> = vec![Vec::new(); PHASES.len()];
-    for i in 0..total {
-        let start = Instant::now();
+    let step = time_calls(warmup, steps, |i| {
         let times = train_step(&mut cpu, &shape, &batches[i % BATCHES], &mut work);
-        if i >= options.warmup {
-            steps.push(start.elapsed().as_secs_f64());
+        if i >= warmup {
             for (all, t) in phases.iter_mut().zip(times) {
                 all.push(t.as_secs_f64());
             }
         }
-    }
-    report("step", &stats(steps), rows, conv_flop, useful_flop);
+    });
+    report("step", step, rows, threads, flop);
     let parts: Vec<String> = PHASES
         .iter()
         .zip(phases)
