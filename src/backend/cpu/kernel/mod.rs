@@ -41,6 +41,12 @@ use super::simd::{Isa, SimdPath};
 /// The widest panel of any path: stack buffers of this size fit them all.
 pub const MAX_NR: usize = 32;
 
+thread_local! {
+    /// Per thread, the `[rows, NR]` partial sums of [`max_rows`] between
+    /// depth blocks; grows once.
+    static PARTIAL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Expands `$body` with `$rows` as a constant `$r` for each listed value, so
 /// a micro-kernel can finish the rows left over after its full `MR` blocks.
 macro_rules! with_rows {
@@ -150,16 +156,19 @@ pub fn max_rows(path: SimdPath, op: Operands<'_>, rows: usize, best: &mut [f32],
         i32::try_from(rows).is_ok(),
         "too many rows for an i32 index"
     );
-    match path.isa() {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the path proves avx512f; `check` and the assertions above
-        // are the bounds the kernel relies on.
-        Isa::Avx512 => unsafe { avx512::max_rows(op, rows, best, arg) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the path proves avx2 and fma; bounds checked as above.
-        Isa::Avx2Fma => unsafe { avx2::max_rows(op, rows, best, arg) },
-        _ => scalar::max_rows(op, rows, best, arg),
-    }
+    PARTIAL.with_borrow_mut(|partial| {
+        let partial = super::grow(partial, rows * nr);
+        match path.isa() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the path proves avx512f; `check`, the assertions above
+            // and `partial`'s length are the bounds the kernel relies on.
+            Isa::Avx512 => unsafe { avx512::max_rows(op, rows, partial, best, arg) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the path proves avx2 and fma; bounds checked as above.
+            Isa::Avx2Fma => unsafe { avx2::max_rows(op, rows, partial, best, arg) },
+            _ => scalar::max_rows(op, rows, best, arg),
+        }
+    })
 }
 
 /// A product `C [m, n] = act(A [m, k] B [k, n] + bias)` with `B` and the
