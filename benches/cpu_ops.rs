@@ -219,8 +219,14 @@ const PHASES: [&str; 7] = [
     "adam",
 ];
 
-/// One training step; returns the time of each phase.
-fn train_step(cpu: &mut CpuBackend, shape: &Shape, batch: &Batch, w: &mut Work) -> [Duration; 7] {
+/// One training step; returns each phase's wall-clock time and the
+/// on-CPU nanoseconds of all threads during it.
+fn train_step(
+    cpu: &mut CpuBackend,
+    shape: &Shape,
+    batch: &Batch,
+    w: &mut Work,
+) -> [(Duration, u64); 7] {
     let rows = batch.lengths.len();
     let tokens = TokenBatch {
         tokens: &batch.tokens,
@@ -230,11 +236,11 @@ fn train_step(cpu: &mut CpuBackend, shape: &Shape, batch: &Batch, w: &mut Work) 
     };
     let tasks = shape.tasks();
     let len = rows * shape.dims.filters;
-    let mut times = [Duration::ZERO; 7];
-    let mut clock = Instant::now();
+    let mut times = [(Duration::ZERO, 0); 7];
+    let mut clock = (Instant::now(), scheduler_ns().0);
     let mut lap = |i: usize| {
-        let now = Instant::now();
-        times[i] = now - clock;
+        let now = (Instant::now(), scheduler_ns().0);
+        times[i] = (now.0 - clock.0, now.1 - clock.1);
         clock = now;
     };
     let ok = "the bench's buffers fit its batches";
@@ -461,11 +467,13 @@ fn run(options: &Options, lengths: Lengths) {
     report("forward", forward, rows, threads, flop);
 
     let mut phases: Vec<Vec<f64>> = vec![Vec::new(); PHASES.len()];
+    let mut phases_on_cpu = [0u64; PHASES.len()];
     let step = time_calls(warmup, steps, |i| {
         let times = train_step(&mut cpu, &shape, &batches[i % BATCHES], &mut work);
         if i >= warmup {
-            for (all, t) in phases.iter_mut().zip(times) {
-                all.push(t.as_secs_f64());
+            for (i, (wall, on_cpu)) in times.into_iter().enumerate() {
+                phases[i].push(wall.as_secs_f64());
+                phases_on_cpu[i] += on_cpu;
             }
         }
     });
@@ -475,7 +483,16 @@ fn run(options: &Options, lengths: Lengths) {
         .zip(phases)
         .map(|(name, all)| format!("{name} {:.2}", stats(all).median * 1e3))
         .collect();
-    println!("step phases, median ms: {}", parts.join(" | "));
+    println!("step phases, wall median ms: {}", parts.join(" | "));
+    let parts: Vec<String> = PHASES
+        .iter()
+        .zip(phases_on_cpu)
+        .map(|(name, ns)| format!("{name} {:.2}", ns as f64 * 1e-6 / steps as f64))
+        .collect();
+    println!(
+        "step phases, on-CPU ms (all threads): {}",
+        parts.join(" | ")
+    );
 }
 
 fn main() -> Result<()> {

@@ -14,7 +14,7 @@ use super::{with_rows, Operands};
 /// Columns per panel.
 pub const NR: usize = 32;
 /// Rows per register block.
-const MR: usize = 12;
+const MR: usize = 14;
 /// Depth per block of the max epilogue's product: a 128 x 32 panel block is
 /// 16 KB, a third of L1.
 const KC: usize = 128;
@@ -156,7 +156,7 @@ pub unsafe fn max_rows(
             with_rows!(
                 count,
                 R => depth_block::<R>(&block, row0, stages, partial, &mut top),
-                [1 2 3 4 5 6 7 8 9 10 11 12]
+                [1 2 3 4 5 6 7 8 9 10 11 12 13 14]
             );
             row0 += count;
         }
@@ -250,7 +250,7 @@ pub unsafe fn store(
         with_rows!(
             count,
             R => store_block::<R>(&op, row0, relu, c.add(row0 * ldc), ldc, masks),
-            [1 2 3 4 5 6 7 8 9 10 11 12]
+            [1 2 3 4 5 6 7 8 9 10 11 12 13 14]
         );
         row0 += count;
     }
