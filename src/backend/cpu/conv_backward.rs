@@ -19,16 +19,26 @@
 //! order. Per text, the filters are bucketed by winning window first, so a
 //! position finds the filters that reach it without scanning all `F`.
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use super::simd::{multiversion, SimdPath};
+use super::stream;
 use super::Texts;
 use crate::model::Shape;
 
-/// Filters per parallel task of the weight gradient.
-const FILTERS_PER_TASK: usize = 4;
+/// Texts per part of the weight gradient. Parts are summed separately (in
+/// parallel) and then added in order; the size is fixed so that the sums
+/// do not depend on the thread count.
+const TEXTS_PER_PART: usize = 32;
 /// Embedding rows per parallel task of the embedding gradient.
 const ROWS_PER_TASK: usize = 64;
+
+thread_local! {
+    /// Each thread's sum for the embedding row it is working on.
+    static ROW: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// Buffers reused from call to call (grown, never shrunk).
 #[derive(Default)]
@@ -37,8 +47,8 @@ pub struct BackwardScratch {
     gate: Vec<f32>,
     /// The conv weight as `[k, F, D]`: tap `j` of filter `f` is contiguous.
     taps: Vec<f32>,
-    /// The weight gradient as `[F, k, D]`, before it is transposed out.
-    weight_grad: Vec<f32>,
+    /// Per part of the batch, its weight gradient as `[F, k, D]`.
+    weight_parts: Vec<f32>,
     /// Per text (stride `width + 1`): where window `t`'s filters start in
     /// `window_filters`.
     window_start: Vec<u32>,
@@ -158,27 +168,37 @@ pub fn backward(
         kernel,
     };
 
-    let block = FILTERS_PER_TASK * kernel * dim;
-    super::grow(&mut scratch.weight_grad, filters * kernel * dim)
-        .par_chunks_mut(block)
-        .zip(grads.conv_weight.par_chunks_mut(block))
-        .enumerate()
-        .for_each(|(i, (acc, out))| {
-            weight_grad_block(path, &inputs, i * FILTERS_PER_TASK, acc, out);
+    // Parts of the batch in parallel, each text's rows read once; then
+    // every filter adds the parts in order.
+    let part_len = filters * kernel * dim;
+    let parts = rows.div_ceil(TEXTS_PER_PART);
+    let weight_parts = super::grow(&mut scratch.weight_parts, parts * part_len);
+    weight_parts.par_chunks_mut(part_len).enumerate().for_each(|(i, acc)| {
+        let first = i * TEXTS_PER_PART;
+        weight_grad_part(path, &inputs, first..rows.min(first + TEXTS_PER_PART), acc);
+    });
+    let weight_parts = &*weight_parts;
+    grads.conv_weight.par_chunks_mut(dim * kernel).enumerate().for_each(|(f, out)| {
+        ROW.with_borrow_mut(|sum| {
+            let sum = super::grow(sum, kernel * dim);
+            sum_weight_parts(path, weight_parts, parts, f, kernel, sum, out);
         });
+    });
 
+    // Every row of the table is written once, with streaming stores: the
+    // rows no text used as zeros, the others as their sums.
     let used = &scratch.used[..];
-    grads
-        .embedding
-        .par_chunks_mut(ROWS_PER_TASK * dim)
-        .enumerate()
-        .for_each(|(i, out)| {
-            let first = i * ROWS_PER_TASK;
-            let end = first + out.len() / dim;
-            let lo = used.partition_point(|run| (run.token as usize) < first);
-            let hi = used.partition_point(|run| (run.token as usize) < end);
-            embedding_rows(path, &inputs, &used[lo..hi], first, out);
+    grads.embedding.par_chunks_mut(ROWS_PER_TASK * dim).enumerate().for_each(|(i, out)| {
+        let first = i * ROWS_PER_TASK;
+        let end = first + out.len() / dim;
+        let lo = used.partition_point(|run| (run.token as usize) < first);
+        let hi = used.partition_point(|run| (run.token as usize) < end);
+        ROW.with_borrow_mut(|row| {
+            let row = super::grow(row, dim);
+            embedding_rows(path, &inputs, &used[lo..hi], first, out, row);
         });
+        stream::fence();
+    });
 }
 
 /// Buckets one text's filters with gradient by winning window: afterwards
@@ -267,6 +287,20 @@ fn group_by_token<'s>(
     occurrences
 }
 
+/// Asks for the cache lines of `row` ahead of their use.
+#[inline(always)]
+fn prefetch_row(row: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in row.chunks(16) {
+        // SAFETY: a prefetch is only a hint: it never faults, and the
+        // address is inside `row`. SSE is part of x86-64.
+        unsafe {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast());
+        }
+    }
+}
+
 /// `y += a * x`, written to vectorise.
 #[inline(always)]
 fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
@@ -285,16 +319,26 @@ multiversion! {
 }
 
 multiversion! {
-    /// The weight gradient of filters `f0..`: `out` is their `[n, D, k]`
-    /// span of the gradient, `acc` an `[n, k, D]` scratch of the same size.
-    fn weight_grad_block(inputs: &Inputs<'_>, f0: usize, acc: &mut [f32], out: &mut [f32]) {
+    /// The weight gradient of the texts `texts` alone, into `acc` as
+    /// `[F, k, D]`. While a text is worked on, the next one's embedding rows
+    /// are prefetched: they come from memory, and fetching them one miss at
+    /// a time would leave the arithmetic waiting.
+    fn weight_grad_part(inputs: &Inputs<'_>, texts: Range<usize>, acc: &mut [f32]) {
         let (dim, kernel, filters) = (inputs.dim, inputs.kernel, inputs.filters);
-        let count = out.len() / (dim * kernel);
         acc.fill(0.0);
-        for b in 0..inputs.texts.rows {
+        let end = texts.end;
+        for b in texts {
             let text = inputs.texts.text(b);
-            for local in 0..count {
-                let f = f0 + local;
+            let next = if b + 1 < end { inputs.texts.text(b + 1) } else { &[] };
+            let mut prefetched = 0;
+            for f in 0..filters {
+                // Spread the next text's rows over this text's filters.
+                let until = next.len() * (f + 1) / filters;
+                for &token in &next[prefetched..until] {
+                    prefetch_row(&inputs.emb[token as usize * dim..][..dim]);
+                }
+                prefetched = until;
+
                 let g = inputs.gate[b * filters + f];
                 if g == 0.0 {
                     continue;
@@ -304,15 +348,7 @@ multiversion! {
                     // Positions past the text's end are PAD: zero rows.
                     let Some(&token) = text.get(t + j) else { break };
                     let x = &inputs.emb[token as usize * dim..][..dim];
-                    axpy(&mut acc[(local * kernel + j) * dim..][..dim], g, x);
-                }
-            }
-        }
-        for (local, out) in out.chunks_exact_mut(dim * kernel).enumerate() {
-            for j in 0..kernel {
-                let src = &acc[(local * kernel + j) * dim..][..dim];
-                for (dd, &v) in src.iter().enumerate() {
-                    out[dd * kernel + j] = v;
+                    axpy(&mut acc[(f * kernel + j) * dim..][..dim], g, x);
                 }
             }
         }
@@ -320,14 +356,50 @@ multiversion! {
 }
 
 multiversion! {
-    /// Zeroes the embedding-gradient rows `first..` held by `out` and sums
-    /// the gradient of each token of `runs` (all within those rows).
-    fn embedding_rows(inputs: &Inputs<'_>, runs: &[TokenRun], first: usize, out: &mut [f32]) {
+    /// Filter `f`'s gradient `[D, k]` into `out`: its `[k, D]` sums of the
+    /// `count` parts added in order in `sum`, then transposed.
+    fn sum_weight_parts(
+        parts: &[f32],
+        count: usize,
+        f: usize,
+        kernel: usize,
+        sum: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let len = sum.len();
+        let dim = len / kernel;
+        sum.fill(0.0);
+        for part in parts.chunks_exact(parts.len() / count.max(1)).take(count) {
+            for (s, &v) in sum.iter_mut().zip(&part[f * len..][..len]) {
+                *s += v;
+            }
+        }
+        for (j, tap) in sum.chunks_exact(dim).enumerate() {
+            for (dd, &v) in tap.iter().enumerate() {
+                out[dd * kernel + j] = v;
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// Writes the embedding-gradient rows `first..` held by `out`: the sum of
+    /// each token of `runs` (all within those rows, ascending), zeros for the
+    /// others. `row` is scratch of `D` floats.
+    fn embedding_rows(
+        inputs: &Inputs<'_>,
+        runs: &[TokenRun],
+        first: usize,
+        out: &mut [f32],
+        row: &mut [f32],
+    ) {
         let (dim, kernel, filters) = (inputs.dim, inputs.kernel, inputs.filters);
         let width = inputs.texts.width;
-        out.fill(0.0);
+        let mut next = 0;
         for run in runs {
-            let row = &mut out[(run.token as usize - first) * dim..][..dim];
+            let local = run.token as usize - first;
+            stream::store(&mut out[next * dim..local * dim], None);
+            row.fill(0.0);
             for &position in &inputs.occurrences[run.begin as usize..run.end as usize] {
                 let (b, p) = (position as usize / width, position as usize % width);
                 let start = &inputs.window_start[b * (width + 1)..][..width + 1];
@@ -345,6 +417,9 @@ multiversion! {
                     }
                 }
             }
+            stream::store(&mut out[local * dim..][..dim], Some(row));
+            next = local + 1;
         }
+        stream::store(&mut out[next * dim..], None);
     }
 }

@@ -28,6 +28,7 @@ mod heads;
 pub mod kernel;
 mod loss;
 pub mod simd;
+mod stream;
 
 use anyhow::{ensure, Result};
 
