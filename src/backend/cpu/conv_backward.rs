@@ -7,19 +7,27 @@
 //! - `d emb[x[b, t + j]] += g[b, f] * conv.weight[f, :, j]`.
 //!
 //! That is `B * F * k * D` multiply-adds for each of the weight and the
-//! embedding, about `L / 2` times less than the forward.
+//! embedding, about `L / 2` times less than the forward. What costs is
+//! memory: the embedding rows the weight gradient reads lie anywhere in a
+//! table far larger than the caches, and the whole `V x D` embedding
+//! gradient must be rewritten.
 //!
-//! Determinism without atomics: every output element is summed by one
-//! thread in a fixed order. The weight gradient is split over blocks of
-//! filters, each summing the texts in order. The embedding gradient is
-//! reduced by token: the positions that receive gradient are counting-sorted
-//! by token id (stable, so in (text, position) order), rows of the table are
-//! split over threads, and each token's row sums its positions in that
-//! order, each position its taps `j` in order and each tap its filters in
-//! order. Per text, the filters are bucketed by winning window first, so a
-//! position finds the filters that reach it without scanning all `F`.
-
-use std::ops::Range;
+//! So both gradients come from one pass in token order. The positions that
+//! receive gradient are counting-sorted by token id (stable, so in (text,
+//! position) order). For each token, its embedding row is read once (rows
+//! come in ascending address order, which the hardware prefetches well),
+//! each of its positions adds `g * conv.weight[f, :, j]` to the token's
+//! gradient row and `g * emb[token]` to filter `f`'s weight gradient for
+//! every (tap `j`, filter `f`) that reaches it. Per text, the filters are
+//! bucketed by winning window first, so a position finds the filters that
+//! reach it without scanning all `F`. Every row of the embedding gradient is
+//! written exactly once, with streaming stores: the token's sum, or zeros.
+//!
+//! Determinism without atomics: the table's rows are cut into a fixed
+//! number of parts of about equal work (the cut depends on the batch only).
+//! Each part writes its own rows and sums its own copy of the weight
+//! gradient, tokens in order; the copies are then added in part order. So
+//! the result does not depend on the thread count or the scheduling.
 
 use rayon::prelude::*;
 
@@ -28,12 +36,12 @@ use super::stream;
 use super::Texts;
 use crate::model::Shape;
 
-/// Texts per part of the weight gradient. Parts are summed separately (in
-/// parallel) and then added in order; the size is fixed so that the sums
-/// do not depend on the thread count.
-const TEXTS_PER_PART: usize = 32;
-/// Embedding rows per parallel task of the embedding gradient.
-const ROWS_PER_TASK: usize = 64;
+/// Parts of the token-order pass: enough for two threads to balance, few
+/// enough that summing the parts' weight gradients stays cheap.
+const PARTS: usize = 8;
+/// In balancing the parts, one position with gradient counts as much work
+/// as writing this many rows of the embedding gradient.
+const ROWS_PER_POSITION: usize = 8;
 
 thread_local! {
     /// Each thread's sum for the embedding row it is working on.
@@ -47,7 +55,7 @@ pub struct BackwardScratch {
     gate: Vec<f32>,
     /// The conv weight as `[k, F, D]`: tap `j` of filter `f` is contiguous.
     taps: Vec<f32>,
-    /// Per part of the batch, its weight gradient as `[F, k, D]`.
+    /// Per part of the token-order pass, its weight gradient as `[F, k, D]`.
     weight_parts: Vec<f32>,
     /// Per text (stride `width + 1`): where window `t`'s filters start in
     /// `window_filters`.
@@ -81,7 +89,6 @@ struct Inputs<'a> {
     texts: Texts<'a>,
     emb: &'a [f32],
     gate: &'a [f32],
-    win: &'a [i32],
     taps: &'a [f32],
     window_start: &'a [u32],
     window_filters: &'a [u32],
@@ -158,7 +165,6 @@ pub fn backward(
         texts,
         emb: &params[shape.embedding.range()],
         gate,
-        win,
         taps,
         window_start,
         window_filters,
@@ -168,37 +174,92 @@ pub fn backward(
         kernel,
     };
 
-    // Parts of the batch in parallel, each text's rows read once; then
-    // every filter adds the parts in order.
-    let part_len = filters * kernel * dim;
-    let parts = rows.div_ceil(TEXTS_PER_PART);
-    let weight_parts = super::grow(&mut scratch.weight_parts, parts * part_len);
-    weight_parts.par_chunks_mut(part_len).enumerate().for_each(|(i, acc)| {
-        let first = i * TEXTS_PER_PART;
-        weight_grad_part(path, &inputs, first..rows.min(first + TEXTS_PER_PART), acc);
-    });
-    let weight_parts = &*weight_parts;
-    grads.conv_weight.par_chunks_mut(dim * kernel).enumerate().for_each(|(f, out)| {
-        ROW.with_borrow_mut(|sum| {
-            let sum = super::grow(sum, kernel * dim);
-            sum_weight_parts(path, weight_parts, parts, f, kernel, sum, out);
-        });
-    });
-
-    // Every row of the table is written once, with streaming stores: the
-    // rows no text used as zeros, the others as their sums.
     let used = &scratch.used[..];
-    grads.embedding.par_chunks_mut(ROWS_PER_TASK * dim).enumerate().for_each(|(i, out)| {
-        let first = i * ROWS_PER_TASK;
-        let end = first + out.len() / dim;
-        let lo = used.partition_point(|run| (run.token as usize) < first);
-        let hi = used.partition_point(|run| (run.token as usize) < end);
-        ROW.with_borrow_mut(|row| {
-            let row = super::grow(row, dim);
-            embedding_rows(path, &inputs, &used[lo..hi], first, out, row);
+    let bounds = part_bounds(used, d.vocab);
+    let mut outputs: [&mut [f32]; PARTS] = Default::default();
+    let mut rest = grads.embedding;
+    for (p, out) in outputs.iter_mut().enumerate() {
+        let rows_here = bounds.rows[p + 1] - bounds.rows[p];
+        let (head, tail) = std::mem::take(&mut rest).split_at_mut(rows_here * dim);
+        *out = head;
+        rest = tail;
+    }
+
+    let part_len = filters * kernel * dim;
+    let weight_parts = super::grow(&mut scratch.weight_parts, PARTS * part_len);
+    outputs
+        .par_iter_mut()
+        .zip(weight_parts.par_chunks_mut(part_len))
+        .enumerate()
+        .for_each(|(p, (out, weight_acc))| {
+            let part = Part {
+                runs: &used[bounds.runs[p]..bounds.runs[p + 1]],
+                first_row: bounds.rows[p],
+            };
+            ROW.with_borrow_mut(|row| {
+                let row = super::grow(row, dim);
+                token_part(path, &inputs, &part, out, weight_acc, row);
+            });
+            stream::fence();
         });
-        stream::fence();
-    });
+
+    let weight_parts = &*weight_parts;
+    grads
+        .conv_weight
+        .par_chunks_mut(dim * kernel)
+        .enumerate()
+        .for_each(|(f, out)| {
+            ROW.with_borrow_mut(|sum| {
+                let sum = super::grow(sum, kernel * dim);
+                sum_weight_parts(path, weight_parts, f, kernel, sum, out);
+            });
+        });
+}
+
+/// Where the parts of the token-order pass start: `runs[p]` in `used`,
+/// `rows[p]` in the embedding table (`rows[PARTS]` is the vocabulary).
+struct PartBounds {
+    runs: [usize; PARTS + 1],
+    rows: [usize; PARTS + 1],
+}
+
+/// One part's tokens and its first row of the table.
+struct Part<'a> {
+    runs: &'a [TokenRun],
+    first_row: usize,
+}
+
+/// Cuts the table's rows into [`PARTS`] ranges of about equal work (rows
+/// to write plus positions to sum), each starting at a used token or at a
+/// row no token uses, so each token's work falls in one part.
+fn part_bounds(used: &[TokenRun], vocab: usize) -> PartBounds {
+    let positions = used.last().map_or(0, |run| run.end as usize);
+    let total = vocab + ROWS_PER_POSITION * positions;
+    let mut bounds = PartBounds {
+        runs: [used.len(); PARTS + 1],
+        rows: [vocab; PARTS + 1],
+    };
+    bounds.runs[0] = 0;
+    bounds.rows[0] = 0;
+    let mut run = 0;
+    for p in 1..PARTS {
+        // The work before row r is r + ROWS_PER_POSITION * (positions of
+        // tokens below r); find the first row where it reaches p / PARTS.
+        let target = total * p / PARTS;
+        while run < used.len()
+            && used[run].token as usize + ROWS_PER_POSITION * used[run].end as usize <= target
+        {
+            run += 1;
+        }
+        let before = if run == 0 { 0 } else { used[run - 1].end as usize };
+        let row = target.saturating_sub(ROWS_PER_POSITION * before);
+        let row_cap = if run < used.len() { used[run].token as usize } else { vocab };
+        let floor = if run == 0 { 0 } else { used[run - 1].token as usize + 1 };
+        let row = row.clamp(floor, row_cap).max(bounds.rows[p - 1]);
+        bounds.rows[p] = row;
+        bounds.runs[p] = run;
+    }
+    bounds
 }
 
 /// Buckets one text's filters with gradient by winning window: afterwards
@@ -287,20 +348,6 @@ fn group_by_token<'s>(
     occurrences
 }
 
-/// Asks for the cache lines of `row` ahead of their use.
-#[inline(always)]
-fn prefetch_row(row: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    for line in row.chunks(16) {
-        // SAFETY: a prefetch is only a hint: it never faults, and the
-        // address is inside `row`. SSE is part of x86-64.
-        unsafe {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast());
-        }
-    }
-}
-
 /// `y += a * x`, written to vectorise.
 #[inline(always)]
 fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
@@ -319,57 +366,13 @@ multiversion! {
 }
 
 multiversion! {
-    /// The weight gradient of the texts `texts` alone, into `acc` as
-    /// `[F, k, D]`. While a text is worked on, the next one's embedding rows
-    /// are prefetched: they come from memory, and fetching them one miss at
-    /// a time would leave the arithmetic waiting.
-    fn weight_grad_part(inputs: &Inputs<'_>, texts: Range<usize>, acc: &mut [f32]) {
-        let (dim, kernel, filters) = (inputs.dim, inputs.kernel, inputs.filters);
-        acc.fill(0.0);
-        let end = texts.end;
-        for b in texts {
-            let text = inputs.texts.text(b);
-            let next = if b + 1 < end { inputs.texts.text(b + 1) } else { &[] };
-            let mut prefetched = 0;
-            for f in 0..filters {
-                // Spread the next text's rows over this text's filters.
-                let until = next.len() * (f + 1) / filters;
-                for &token in &next[prefetched..until] {
-                    prefetch_row(&inputs.emb[token as usize * dim..][..dim]);
-                }
-                prefetched = until;
-
-                let g = inputs.gate[b * filters + f];
-                if g == 0.0 {
-                    continue;
-                }
-                let t = inputs.win[b * filters + f] as usize;
-                for j in 0..kernel {
-                    // Positions past the text's end are PAD: zero rows.
-                    let Some(&token) = text.get(t + j) else { break };
-                    let x = &inputs.emb[token as usize * dim..][..dim];
-                    axpy(&mut acc[(f * kernel + j) * dim..][..dim], g, x);
-                }
-            }
-        }
-    }
-}
-
-multiversion! {
     /// Filter `f`'s gradient `[D, k]` into `out`: its `[k, D]` sums of the
-    /// `count` parts added in order in `sum`, then transposed.
-    fn sum_weight_parts(
-        parts: &[f32],
-        count: usize,
-        f: usize,
-        kernel: usize,
-        sum: &mut [f32],
-        out: &mut [f32],
-    ) {
+    /// parts added in order in `sum`, then transposed.
+    fn sum_weight_parts(parts: &[f32], f: usize, kernel: usize, sum: &mut [f32], out: &mut [f32]) {
         let len = sum.len();
         let dim = len / kernel;
         sum.fill(0.0);
-        for part in parts.chunks_exact(parts.len() / count.max(1)).take(count) {
+        for part in parts.chunks_exact(parts.len() / PARTS) {
             for (s, &v) in sum.iter_mut().zip(&part[f * len..][..len]) {
                 *s += v;
             }
@@ -383,22 +386,25 @@ multiversion! {
 }
 
 multiversion! {
-    /// Writes the embedding-gradient rows `first..` held by `out`: the sum of
-    /// each token of `runs` (all within those rows, ascending), zeros for the
-    /// others. `row` is scratch of `D` floats.
-    fn embedding_rows(
+    /// One part of the token-order pass: writes the part's rows of the
+    /// embedding gradient (`out`, from row `part.first_row`) and sums its
+    /// share of the weight gradient into `weight_acc` (`[F, k, D]`). `row`
+    /// is scratch of `D` floats.
+    fn token_part(
         inputs: &Inputs<'_>,
-        runs: &[TokenRun],
-        first: usize,
+        part: &Part<'_>,
         out: &mut [f32],
+        weight_acc: &mut [f32],
         row: &mut [f32],
     ) {
         let (dim, kernel, filters) = (inputs.dim, inputs.kernel, inputs.filters);
         let width = inputs.texts.width;
+        weight_acc.fill(0.0);
         let mut next = 0;
-        for run in runs {
-            let local = run.token as usize - first;
+        for run in part.runs {
+            let local = run.token as usize - part.first_row;
             stream::store(&mut out[next * dim..local * dim], None);
+            let embedding = &inputs.emb[run.token as usize * dim..][..dim];
             row.fill(0.0);
             for &position in &inputs.occurrences[run.begin as usize..run.end as usize] {
                 let (b, p) = (position as usize / width, position as usize % width);
@@ -411,9 +417,10 @@ multiversion! {
                         continue;
                     }
                     for &f in &by_window[start[t] as usize..start[t + 1] as usize] {
-                        let g = inputs.gate[b * filters + f as usize];
-                        let w = &inputs.taps[(j * filters + f as usize) * dim..][..dim];
-                        axpy(row, g, w);
+                        let f = f as usize;
+                        let g = inputs.gate[b * filters + f];
+                        axpy(row, g, &inputs.taps[(j * filters + f) * dim..][..dim]);
+                        axpy(&mut weight_acc[(f * kernel + j) * dim..][..dim], g, embedding);
                     }
                 }
             }
