@@ -1,39 +1,96 @@
-//! The CPU backend: the fused operations over host memory, parallel over
-//! texts (or filters, or parameters) with rayon.
+//! The CPU backend: the model's fused operations over host memory.
+//!
+//! Where the time goes, and where it is handled:
+//! - [`conv`]: the fused encoder forward (gather, convolution, bias, ReLU,
+//!   masked max over time), about 95 % of a step's arithmetic. An implicit
+//!   GEMM over each text's own windows on the micro-kernels of [`kernel`].
+//! - [`conv_backward`]: its sparse backward, through the winning windows
+//!   only, reduced by token so the result does not depend on threads.
+//! - [`heads`]: all task heads; the first layers are one product.
+//! - [`loss`]: fused softmax + cross-entropy + logit gradient.
+//! - [`adam`]: Adam and the other element-wise passes.
+//! - [`simd`]: the code path (AVX-512F, AVX2+FMA or scalar), chosen at run
+//!   time; `POLYHEAD_CPU_PATH` forces one.
+//!
+//! Parallel work goes to the current rayon pool (run a call inside
+//! `ThreadPool::install` to choose the thread count). Every output element
+//! is produced by one thread in a fixed order, so results are bit-identical
+//! for any thread count. Scratch buffers live in the backend and grow once.
+//!
+//! Inputs are checked before any work: a token outside the vocabulary, a
+//! length outside the batch width, a window that is not one of its text's
+//! or a buffer too short for the call is a clear error, never a panic.
+
+mod adam;
+mod conv;
+mod conv_backward;
+mod heads;
+pub mod kernel;
+mod loss;
+pub mod simd;
+mod stream;
 
 use anyhow::{ensure, Result};
-use rayon::prelude::*;
 
 use super::{AdamStep, Backend, TokenBatch};
 use crate::model::Shape;
 
+pub use simd::{simd_path, SimdPath};
+
 /// Runs the model's fused operations on the CPU.
-#[derive(Default)]
 pub struct CpuBackend {
-    /// Convolution weight repacked as `[k * D, F]` (row `j * D + d`).
-    packed_weight: Vec<f32>,
-    /// Per text and position, the gradient reaching that position's
-    /// embedding: `[rows, width, D]`.
-    position_grads: Vec<f32>,
-    /// `(token, text, position)` of every position that received gradient.
-    touched: Vec<(u32, u32, u32)>,
-    /// Embedding rows given gradient by the previous backward call.
-    dirty_rows: Vec<u32>,
-    /// Conv weight gradient as `[F, k, D]` before it is written out.
-    conv_grad: Vec<f32>,
-    /// Gradient of the pre-activation hidden units, `[rows, sum H]`.
-    hidden_grad: Vec<f32>,
+    path: SimdPath,
+    conv: conv::PackedConv,
+    backward: conv_backward::BackwardScratch,
+    heads: heads::HeadsScratch,
 }
 
 impl CpuBackend {
+    /// A backend on the path `POLYHEAD_CPU_PATH` names, else the fastest
+    /// this CPU supports. An unusable `POLYHEAD_CPU_PATH` is reported on
+    /// stderr and the fastest path used; [`CpuBackend::try_new`] makes it an
+    /// error instead.
     pub fn new() -> CpuBackend {
-        CpuBackend::default()
+        CpuBackend::try_new().unwrap_or_else(|e| {
+            let path = SimdPath::detect();
+            eprintln!("polyhead: {e}; using {}", path.name());
+            CpuBackend::with_path(path)
+        })
+    }
+
+    /// Like [`CpuBackend::new`], but an unusable `POLYHEAD_CPU_PATH` is an
+    /// error.
+    pub fn try_new() -> Result<CpuBackend> {
+        Ok(CpuBackend::with_path(SimdPath::from_env()?))
+    }
+
+    /// A backend on the given path.
+    pub fn with_path(path: SimdPath) -> CpuBackend {
+        CpuBackend {
+            path,
+            conv: conv::PackedConv::default(),
+            backward: conv_backward::BackwardScratch::default(),
+            heads: heads::HeadsScratch::default(),
+        }
+    }
+
+    /// The code path this backend runs.
+    pub fn path(&self) -> SimdPath {
+        self.path
     }
 }
 
-fn grow(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+impl Default for CpuBackend {
+    fn default() -> CpuBackend {
+        CpuBackend::new()
+    }
+}
+
+/// Grows `buf` to at least `len` elements (never shrinks it) and returns its
+/// first `len`.
+fn grow<T: Copy + Default>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
     if buf.len() < len {
-        buf.resize(len, 0.0);
+        buf.resize(len, T::default());
     }
     &mut buf[..len]
 }
@@ -43,8 +100,116 @@ pub fn windows(len: usize, kernel: usize) -> usize {
     len.max(kernel) - kernel + 1
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+/// A checked batch of texts: every length within `0..=width`, every real
+/// token within the vocabulary.
+#[derive(Clone, Copy)]
+struct Texts<'a> {
+    tokens: &'a [i32],
+    lengths: &'a [i32],
+    rows: usize,
+    width: usize,
+}
+
+impl<'a> Texts<'a> {
+    fn check(batch: &TokenBatch<'a, CpuBackend>, shape: &Shape) -> Result<Texts<'a>> {
+        let (rows, width) = (batch.rows, batch.width);
+        let (vocab, kernel) = (shape.dims.vocab, shape.dims.kernel);
+        ensure!(
+            width >= kernel,
+            "batch width {width} is less than the kernel width {kernel}"
+        );
+        check_len("tokens", batch.tokens, rows * width)?;
+        check_len("lengths", batch.lengths, rows)?;
+        for (b, &len) in batch.lengths[..rows].iter().enumerate() {
+            ensure!(
+                (0..=width as i64).contains(&i64::from(len)),
+                "text {b}: length {len} is outside 0..={width}"
+            );
+            let text = &batch.tokens[b * width..][..len as usize];
+            if let Some(p) = text.iter().position(|&t| t < 0 || t as usize >= vocab) {
+                let token = text[p];
+                anyhow::bail!(
+                    "text {b}, position {p}: token id {token} is outside the vocabulary of {vocab}"
+                );
+            }
+        }
+        Ok(Texts {
+            tokens: batch.tokens,
+            lengths: batch.lengths,
+            rows,
+            width,
+        })
+    }
+
+    /// Real tokens of text `b`.
+    fn len(self, b: usize) -> usize {
+        self.lengths[b] as usize
+    }
+
+    /// The real tokens of text `b`.
+    fn text(self, b: usize) -> &'a [i32] {
+        &self.tokens[b * self.width..][..self.len(b)]
+    }
+
+    /// Windows of text `b`.
+    fn windows(self, b: usize, kernel: usize) -> usize {
+        windows(self.len(b), kernel)
+    }
+}
+
+fn check_len<T>(name: &str, buffer: &[T], needed: usize) -> Result<()> {
+    ensure!(
+        buffer.len() >= needed,
+        "{name} holds {} values, the call needs {needed}",
+        buffer.len()
+    );
+    Ok(())
+}
+
+fn check_shape(shape: &Shape, params: &[f32]) -> Result<()> {
+    let d = &shape.dims;
+    ensure!(
+        d.embed > 0 && d.filters > 0 && d.kernel > 0 && d.vocab > 0,
+        "model dimensions must be positive (vocabulary {}, D {}, F {}, k {})",
+        d.vocab,
+        d.embed,
+        d.filters,
+        d.kernel
+    );
+    check_len("params", params, shape.len)
+}
+
+/// Every `win[b, f]` must be a window of text `b`.
+fn check_windows(texts: Texts<'_>, win: &[i32], filters: usize, kernel: usize) -> Result<()> {
+    for b in 0..texts.rows {
+        let windows = texts.windows(b, kernel);
+        let row = &win[b * filters..][..filters];
+        if let Some(f) = row.iter().position(|&t| t < 0 || t as usize >= windows) {
+            anyhow::bail!(
+                "win[{b}, {f}] = {} is not one of text {b}'s {windows} windows",
+                row[f]
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The embedding, conv weight and conv bias spans of `grads`, which
+/// `Shape` lays out in that order.
+fn encoder_grads<'a>(shape: &Shape, grads: &'a mut [f32]) -> conv_backward::EncoderGrads<'a> {
+    let (emb, weight, bias) = (shape.embedding, shape.conv_weight, shape.conv_bias);
+    assert!(
+        emb.offset + emb.len <= weight.offset && weight.offset + weight.len <= bias.offset,
+        "the encoder's spans are out of order"
+    );
+    let (front, rest) = grads.split_at_mut(weight.offset);
+    let (conv_weight, rest) = rest.split_at_mut(weight.len);
+    let conv_bias = &mut rest[bias.offset - weight.offset - weight.len..][..bias.len];
+    conv_backward::EncoderGrads {
+        embedding: &mut front[emb.range()],
+        conv_weight,
+        conv_bias,
+    }
 }
 
 impl Backend for CpuBackend {
@@ -52,7 +217,11 @@ impl Backend for CpuBackend {
     type Ints = Vec<i32>;
 
     fn describe(&self) -> String {
-        format!("cpu ({} threads)", rayon::current_num_threads())
+        format!(
+            "cpu ({}, {} threads)",
+            self.path.name(),
+            rayon::current_num_threads()
+        )
     }
 
     fn floats(&self, len: usize) -> Result<Vec<f32>> {
@@ -119,69 +288,12 @@ impl Backend for CpuBackend {
         h: &mut Vec<f32>,
         win: &mut Vec<i32>,
     ) -> Result<()> {
-        let d = &shape.dims;
-        let (dim, filters, kernel) = (d.embed, d.filters, d.kernel);
-        let emb = &params[shape.embedding.range()];
-        let weight = &params[shape.conv_weight.range()];
-        let bias = &params[shape.conv_bias.range()];
-
-        let packed = grow(&mut self.packed_weight, kernel * dim * filters);
-        for f in 0..filters {
-            for dd in 0..dim {
-                for j in 0..kernel {
-                    packed[(j * dim + dd) * filters + f] = weight[(f * dim + dd) * kernel + j];
-                }
-            }
-        }
-        let packed = &*packed;
-
-        let width = batch.width;
-        h[..batch.rows * filters]
-            .par_chunks_mut(filters)
-            .zip(win[..batch.rows * filters].par_chunks_mut(filters))
-            .enumerate()
-            .for_each_init(
-                || {
-                    (
-                        vec![0.0f32; (width.max(kernel)) * dim],
-                        vec![0.0f32; filters],
-                    )
-                },
-                |(gathered, z), (b, (h_row, win_row))| {
-                    let len = (batch.lengths[b].max(0) as usize).min(width);
-                    let positions = len.max(kernel);
-                    for p in 0..positions {
-                        let token = if p < len {
-                            batch.tokens[b * width + p] as usize
-                        } else {
-                            0
-                        };
-                        gathered[p * dim..(p + 1) * dim]
-                            .copy_from_slice(&emb[token * dim..(token + 1) * dim]);
-                    }
-                    h_row.fill(f32::NEG_INFINITY);
-                    win_row.fill(0);
-                    for t in 0..windows(len, kernel) {
-                        z.copy_from_slice(bias);
-                        let window = &gathered[t * dim..(t + kernel) * dim];
-                        for (kk, &x) in window.iter().enumerate() {
-                            let row = &packed[kk * filters..(kk + 1) * filters];
-                            for (zf, &w) in z.iter_mut().zip(row) {
-                                *zf += x * w;
-                            }
-                        }
-                        for f in 0..filters {
-                            if z[f] > h_row[f] {
-                                h_row[f] = z[f];
-                                win_row[f] = t as i32;
-                            }
-                        }
-                    }
-                    for v in h_row.iter_mut() {
-                        *v = v.max(0.0);
-                    }
-                },
-            );
+        check_shape(shape, params)?;
+        let texts = Texts::check(batch, shape)?;
+        let out = batch.rows * shape.dims.filters;
+        check_len("h", h, out)?;
+        check_len("win", win, out)?;
+        conv::forward(self.path, shape, params, texts, &mut self.conv, h, win);
         Ok(())
     }
 
@@ -195,117 +307,27 @@ impl Backend for CpuBackend {
         dh: &Vec<f32>,
         grads: &mut Vec<f32>,
     ) -> Result<()> {
+        check_shape(shape, params)?;
+        let texts = Texts::check(batch, shape)?;
         let d = &shape.dims;
-        let (dim, filters, kernel) = (d.embed, d.filters, d.kernel);
-        let (rows, width) = (batch.rows, batch.width);
-        let emb = &params[shape.embedding.range()];
-        let weight = &params[shape.conv_weight.range()];
-        let gate = |b: usize, f: usize| {
-            let i = b * filters + f;
-            if h[i] > 0.0 {
-                dh[i]
-            } else {
-                0.0
-            }
-        };
-        let token_at = |b: usize, p: usize| {
-            let len = (batch.lengths[b].max(0) as usize).min(width);
-            if p < len {
-                batch.tokens[b * width + p] as usize
-            } else {
-                0
-            }
-        };
-
-        // Weight and bias: each filter sums over the batch in order.
-        let conv_grad = grow(&mut self.conv_grad, filters * kernel * dim);
-        conv_grad
-            .par_chunks_mut(kernel * dim)
-            .enumerate()
-            .for_each(|(f, acc)| {
-                acc.fill(0.0);
-                for b in 0..rows {
-                    let g = gate(b, f);
-                    if g == 0.0 {
-                        continue;
-                    }
-                    let t = win[b * filters + f] as usize;
-                    for j in 0..kernel {
-                        let token = token_at(b, t + j);
-                        let e = &emb[token * dim..(token + 1) * dim];
-                        for (a, &x) in acc[j * dim..(j + 1) * dim].iter_mut().zip(e) {
-                            *a += g * x;
-                        }
-                    }
-                }
-            });
-        let conv_weight_grad = &mut grads[shape.conv_weight.range()];
-        for f in 0..filters {
-            for j in 0..kernel {
-                for dd in 0..dim {
-                    conv_weight_grad[(f * dim + dd) * kernel + j] =
-                        conv_grad[(f * kernel + j) * dim + dd];
-                }
-            }
-        }
-        let bias_grad = &mut grads[shape.conv_bias.range()];
-        for (f, out) in bias_grad.iter_mut().enumerate() {
-            *out = (0..rows).map(|b| gate(b, f)).sum();
-        }
-
-        // Embedding: gradient per (text, position), then summed per token
-        // in (text, position) order.
-        let position_grads = grow(&mut self.position_grads, rows * width * dim);
-        position_grads
-            .par_chunks_mut(width * dim)
-            .enumerate()
-            .for_each(|(b, out)| {
-                out.fill(0.0);
-                for f in 0..filters {
-                    let g = gate(b, f);
-                    if g == 0.0 {
-                        continue;
-                    }
-                    let t = win[b * filters + f] as usize;
-                    for j in 0..kernel {
-                        if t + j >= width {
-                            break;
-                        }
-                        let row = &mut out[(t + j) * dim..(t + j + 1) * dim];
-                        for (dd, r) in row.iter_mut().enumerate() {
-                            *r += g * weight[(f * dim + dd) * kernel + j];
-                        }
-                    }
-                }
-            });
-
-        let emb_grad = &mut grads[shape.embedding.range()];
-        for &row in &self.dirty_rows {
-            emb_grad[row as usize * dim..(row as usize + 1) * dim].fill(0.0);
-        }
-        self.touched.clear();
-        for b in 0..rows {
-            let len = (batch.lengths[b].max(0) as usize).min(width);
-            for p in 0..len {
-                let token = batch.tokens[b * width + p];
-                if token > 0 {
-                    self.touched.push((token as u32, b as u32, p as u32));
-                }
-            }
-        }
-        self.touched.sort_unstable();
-        self.dirty_rows.clear();
-        let position_grads = &*position_grads;
-        for (i, &(token, b, p)) in self.touched.iter().enumerate() {
-            if i == 0 || self.touched[i - 1].0 != token {
-                self.dirty_rows.push(token);
-            }
-            let src = &position_grads[(b as usize * width + p as usize) * dim..][..dim];
-            let dst = &mut emb_grad[token as usize * dim..(token as usize + 1) * dim];
-            for (o, &s) in dst.iter_mut().zip(src) {
-                *o += s;
-            }
-        }
+        let out = batch.rows * d.filters;
+        check_len("h", h, out)?;
+        check_len("win", win, out)?;
+        check_len("dh", dh, out)?;
+        check_len("grads", grads, shape.len)?;
+        check_windows(texts, win, d.filters, d.kernel)?;
+        let grads = encoder_grads(shape, grads);
+        conv_backward::backward(
+            self.path,
+            shape,
+            params,
+            texts,
+            h,
+            win,
+            dh,
+            &mut self.backward,
+            grads,
+        );
         Ok(())
     }
 
@@ -318,29 +340,20 @@ impl Backend for CpuBackend {
         hidden: &mut Vec<f32>,
         logits: &mut Vec<f32>,
     ) -> Result<()> {
-        let filters = shape.dims.filters;
-        let (sum_h, sum_c) = (shape.sum_hidden(), shape.sum_classes());
-        let w1 = &params[shape.hidden_weights.range()];
-        let c1 = &params[shape.hidden_biases.range()];
-        hidden[..rows * sum_h]
-            .par_chunks_mut(sum_h)
-            .zip(logits[..rows * sum_c].par_chunks_mut(sum_c))
-            .enumerate()
-            .for_each(|(b, (hid, out))| {
-                let x = &h[b * filters..(b + 1) * filters];
-                for (u, a) in hid.iter_mut().enumerate() {
-                    *a = (c1[u] + dot(&w1[u * filters..(u + 1) * filters], x)).max(0.0);
-                }
-                for (i, (spans, head)) in shape.heads.iter().zip(&shape.dims.heads).enumerate() {
-                    let a = &hid[shape.hidden_offset(i)..][..head.hidden];
-                    let w2 = &params[spans.out_weight.range()];
-                    let c2 = &params[spans.out_bias.range()];
-                    let o = &mut out[shape.class_offset(i)..][..head.classes];
-                    for (c, oc) in o.iter_mut().enumerate() {
-                        *oc = c2[c] + dot(&w2[c * head.hidden..(c + 1) * head.hidden], a);
-                    }
-                }
-            });
+        check_shape(shape, params)?;
+        check_len("h", h, rows * shape.dims.filters)?;
+        check_len("hidden", hidden, rows * shape.sum_hidden())?;
+        check_len("logits", logits, rows * shape.sum_classes())?;
+        heads::forward(
+            self.path,
+            shape,
+            params,
+            h,
+            rows,
+            &mut self.heads,
+            hidden,
+            logits,
+        );
         Ok(())
     }
 
@@ -354,31 +367,13 @@ impl Backend for CpuBackend {
         dlogits: &mut Vec<f32>,
         loss_sums: &mut Vec<f32>,
     ) -> Result<()> {
-        let sum_c = shape.sum_classes();
-        for (i, head) in shape.dims.heads.iter().enumerate() {
-            let offset = shape.class_offset(i);
-            let mut total = 0.0f64;
-            for b in 0..rows {
-                let o = &logits[b * sum_c + offset..][..head.classes];
-                let g = &mut dlogits[b * sum_c + offset..][..head.classes];
-                let label = labels[i * rows + b];
-                if label < 0 {
-                    g.fill(0.0);
-                    continue;
-                }
-                let max = o.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                let sum: f32 = o.iter().map(|&x| (x - max).exp()).sum();
-                let log_sum = sum.ln();
-                total += (log_sum - (o[label as usize] - max)) as f64;
-                for (c, gc) in g.iter_mut().enumerate() {
-                    let p = (o[c] - max - log_sum).exp();
-                    let target = if c == label as usize { 1.0 } else { 0.0 };
-                    *gc = (p - target) * grad_scale[i];
-                }
-            }
-            loss_sums[i] = total as f32;
-        }
-        Ok(())
+        let tasks = shape.tasks();
+        check_len("logits", logits, rows * shape.sum_classes())?;
+        check_len("dlogits", dlogits, rows * shape.sum_classes())?;
+        check_len("labels", labels, tasks * rows)?;
+        check_len("grad_scale", grad_scale, tasks)?;
+        check_len("loss_sums", loss_sums, tasks)?;
+        loss::softmax_cross_entropy(shape, logits, labels, rows, grad_scale, dlogits, loss_sums)
     }
 
     fn heads_backward(
@@ -392,84 +387,25 @@ impl Backend for CpuBackend {
         grads: &mut Vec<f32>,
         dh_tasks: &mut Vec<f32>,
     ) -> Result<()> {
+        check_shape(shape, params)?;
         let filters = shape.dims.filters;
-        let (sum_h, sum_c) = (shape.sum_hidden(), shape.sum_classes());
-
-        // Second layers, and the gradient reaching each hidden unit.
-        let hidden_grad = grow(&mut self.hidden_grad, rows * sum_h);
-        for (i, (spans, head)) in shape.heads.iter().zip(&shape.dims.heads).enumerate() {
-            let (hoff, coff) = (shape.hidden_offset(i), shape.class_offset(i));
-            let w2 = &params[spans.out_weight.range()];
-            for c in 0..head.classes {
-                let mut bias = 0.0;
-                for b in 0..rows {
-                    bias += dlogits[b * sum_c + coff + c];
-                }
-                grads[spans.out_bias.offset + c] = bias;
-                for u in 0..head.hidden {
-                    let mut acc = 0.0;
-                    for b in 0..rows {
-                        acc += dlogits[b * sum_c + coff + c] * hidden[b * sum_h + hoff + u];
-                    }
-                    grads[spans.out_weight.offset + c * head.hidden + u] = acc;
-                }
-            }
-            for b in 0..rows {
-                for u in 0..head.hidden {
-                    let a = hidden[b * sum_h + hoff + u];
-                    let mut acc = 0.0;
-                    if a > 0.0 {
-                        for c in 0..head.classes {
-                            acc += dlogits[b * sum_c + coff + c] * w2[c * head.hidden + u];
-                        }
-                    }
-                    hidden_grad[b * sum_h + hoff + u] = acc;
-                }
-            }
-        }
-
-        // First layers, all tasks at once.
-        let hidden_grad = &*hidden_grad;
-        let w1_grad = &mut grads[shape.hidden_weights.range()];
-        w1_grad
-            .par_chunks_mut(filters)
-            .enumerate()
-            .for_each(|(u, row)| {
-                row.fill(0.0);
-                for b in 0..rows {
-                    let g = hidden_grad[b * sum_h + u];
-                    if g != 0.0 {
-                        for (r, &x) in row.iter_mut().zip(&h[b * filters..(b + 1) * filters]) {
-                            *r += g * x;
-                        }
-                    }
-                }
-            });
-        let c1_grad = &mut grads[shape.hidden_biases.range()];
-        for (u, out) in c1_grad.iter_mut().enumerate() {
-            *out = (0..rows).map(|b| hidden_grad[b * sum_h + u]).sum();
-        }
-
-        // Each task's gradient with respect to h.
-        let w1 = &params[shape.hidden_weights.range()];
-        for (i, head) in shape.dims.heads.iter().enumerate() {
-            let hoff = shape.hidden_offset(i);
-            let block = &mut dh_tasks[i * rows * filters..(i + 1) * rows * filters];
-            block
-                .par_chunks_mut(filters)
-                .enumerate()
-                .for_each(|(b, out)| {
-                    out.fill(0.0);
-                    for u in hoff..hoff + head.hidden {
-                        let g = hidden_grad[b * sum_h + u];
-                        if g != 0.0 {
-                            for (o, &w) in out.iter_mut().zip(&w1[u * filters..(u + 1) * filters]) {
-                                *o += g * w;
-                            }
-                        }
-                    }
-                });
-        }
+        check_len("h", h, rows * filters)?;
+        check_len("hidden", hidden, rows * shape.sum_hidden())?;
+        check_len("dlogits", dlogits, rows * shape.sum_classes())?;
+        check_len("grads", grads, shape.len)?;
+        check_len("dh_tasks", dh_tasks, shape.tasks() * rows * filters)?;
+        heads::backward(
+            self.path,
+            shape,
+            params,
+            h,
+            hidden,
+            dlogits,
+            rows,
+            &mut self.heads,
+            grads,
+            dh_tasks,
+        );
         Ok(())
     }
 
@@ -480,34 +416,21 @@ impl Backend for CpuBackend {
         len: usize,
         dh: &mut Vec<f32>,
     ) -> Result<()> {
-        let out = &mut dh[..len];
-        out.fill(0.0);
-        for (i, &c) in coeffs.iter().enumerate() {
-            for (o, &g) in out.iter_mut().zip(&dh_tasks[i * len..(i + 1) * len]) {
-                *o += c * g;
-            }
-        }
+        check_len("dh_tasks", dh_tasks, coeffs.len() * len)?;
+        check_len("dh", dh, len)?;
+        adam::combine(self.path, dh_tasks, coeffs, &mut dh[..len]);
         Ok(())
     }
 
     fn task_gram(&mut self, dh_tasks: &Vec<f32>, tasks: usize, len: usize) -> Result<Vec<f64>> {
-        let mut gram = vec![0.0; tasks * tasks];
-        for i in 0..tasks {
-            for j in 0..=i {
-                let a = &dh_tasks[i * len..(i + 1) * len];
-                let b = &dh_tasks[j * len..(j + 1) * len];
-                let s: f64 = a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum();
-                gram[i * tasks + j] = s;
-                gram[j * tasks + i] = s;
-            }
-        }
-        Ok(gram)
+        check_len("dh_tasks", dh_tasks, tasks * len)?;
+        Ok(adam::gram(self.path, dh_tasks, tasks, len))
     }
 
     fn multiply(&mut self, x: &mut Vec<f32>, mask: &Vec<f32>, len: usize) -> Result<()> {
-        for (v, &m) in x[..len].iter_mut().zip(&mask[..len]) {
-            *v *= m;
-        }
+        check_len("x", x, len)?;
+        check_len("mask", mask, len)?;
+        adam::multiply(self.path, &mut x[..len], &mask[..len]);
         Ok(())
     }
 
@@ -520,34 +443,24 @@ impl Backend for CpuBackend {
         len: usize,
         step: &AdamStep,
     ) -> Result<()> {
-        let t = step.step as i32;
-        let correction1 = 1.0 - step.beta1.powi(t);
-        let correction2_sqrt = (1.0 - step.beta2.powi(t)).sqrt();
-        let step_size = step.lr / correction1;
-        const CHUNK: usize = 1 << 14;
-        params[..len]
-            .par_chunks_mut(CHUNK)
-            .zip(m[..len].par_chunks_mut(CHUNK))
-            .zip(v[..len].par_chunks_mut(CHUNK))
-            .zip(grads[..len].par_chunks(CHUNK))
-            .for_each(|(((p, m), v), g)| {
-                for i in 0..p.len() {
-                    let g = g[i] * step.grad_scale;
-                    m[i] = step.beta1 * m[i] + (1.0 - step.beta1) * g;
-                    v[i] = step.beta2 * v[i] + (1.0 - step.beta2) * g * g;
-                    let denom = v[i].sqrt() / correction2_sqrt + step.eps;
-                    p[i] -= step_size * m[i] / denom;
-                }
-            });
+        ensure!(step.step >= 1, "Adam steps count from 1, got {}", step.step);
+        check_len("params", params, len)?;
+        check_len("grads", grads, len)?;
+        check_len("m", m, len)?;
+        check_len("v", v, len)?;
+        adam::adam(
+            self.path,
+            &mut params[..len],
+            &grads[..len],
+            &mut m[..len],
+            &mut v[..len],
+            step,
+        );
         Ok(())
     }
 
     fn all_finite(&mut self, x: &Vec<f32>, len: usize) -> Result<bool> {
-        Ok(x[..len].par_iter().all(|v| v.is_finite()))
+        check_len("x", x, len)?;
+        Ok(adam::all_finite(self.path, &x[..len]))
     }
-}
-
-/// The vectorised code path the CPU kernels use on this machine.
-pub fn simd_path() -> &'static str {
-    "scalar"
 }
