@@ -410,7 +410,7 @@ pub fn train<B: Backend>(
             )?;
             if config
                 .checkpoint_every
-                .is_some_and(|n| net.step % n as u64 == 0)
+                .is_some_and(|n| net.step.is_multiple_of(n as u64))
                 && step + 1 < batches
             {
                 observe(net, Event::Checkpoint(state))?;
