@@ -236,25 +236,24 @@ __device__ __forceinline__ void encoder_forward_mma(const half_bits* __restrict_
 #pragma unroll
                 for (int kk = 0; kk < kSlice; kk += 16) {
                     if (kk < depth) {
-                        unsigned a[2][4];
+                        // One 16-window A fragment at a time (the B fragments are
+                        // re-read from shared memory for the second): holding both
+                        // made ptxas spill on sm_80 at the 128-register cap.
 #pragma unroll
                         for (int mi = 0; mi < 2; ++mi) {
+                            if (mi == 1 && !upper_active) break;
                             // Window row (wm*32 + mi*16 + g) reads embedding row +j.
                             const half_bits* e0 =
                                 e_sh + (wm * 32 + mi * 16 + g + j) * kRowStride + kk + 2 * t4;
                             const half_bits* e1 = e0 + 8 * kRowStride;
-                            a[mi][0] = load32(e0);
-                            a[mi][1] = load32(e1);
-                            a[mi][2] = load32(e0 + 8);
-                            a[mi][3] = load32(e1 + 8);
-                        }
+                            const unsigned a[4] = {load32(e0), load32(e1), load32(e0 + 8),
+                                                   load32(e1 + 8)};
 #pragma unroll
-                        for (int ni = 0; ni < 8; ++ni) {
-                            const half_bits* w =
-                                w_buf + (wn * 64 + ni * 8 + g) * kRowStride + kk + 2 * t4;
-                            unsigned b0 = load32(w), b1 = load32(w + 8);
-                            mma_16816<P>(acc[0][ni], a[0], b0, b1);
-                            if (upper_active) mma_16816<P>(acc[1][ni], a[1], b0, b1);
+                            for (int ni = 0; ni < 8; ++ni) {
+                                const half_bits* w =
+                                    w_buf + (wn * 64 + ni * 8 + g) * kRowStride + kk + 2 * t4;
+                                mma_16816<P>(acc[mi][ni], a, load32(w), load32(w + 8));
+                            }
                         }
                     }
                 }
