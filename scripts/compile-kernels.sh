@@ -2,7 +2,7 @@
 # Compile every kernels/*.cu with NVRTC for compute_80 and compute_90,
 # assemble the PTX with `ptxas -v` (sm_80 and sm_90), print registers,
 # shared memory and spills per kernel, and fail on any compile error or any
-# register spill. Needs no GPU and no CUDA install: NVIDIA's PyPI wheels
+# register spill or stack frame. Needs no GPU and no CUDA install: NVIDIA's PyPI wheels
 # provide NVRTC, the headers and ptxas.
 #
 #   pip install nvidia-cuda-nvrtc-cu12 nvidia-cuda-runtime-cu12 nvidia-cuda-nvcc-cu12
@@ -38,7 +38,8 @@ if [[ -z "${nvidia_dir:-}" ]]; then
     exit 2
 fi
 
-nvrtc_lib=$(ls "$nvidia_dir"/cuda_nvrtc/lib/libnvrtc.so* 2>/dev/null | grep -v builtins | grep -v alt | head -n1 || true)
+nvrtc_lib=$(ls "$nvidia_dir"/cuda_nvrtc/lib/libnvrtc.so* 2>/dev/null |
+    grep -v -e builtins -e alt | head -n1 || true)
 ptxas="$nvidia_dir/cuda_nvcc/bin/ptxas"
 runtime_include="$nvidia_dir/cuda_runtime/include"
 nvcc_include="$nvidia_dir/cuda_nvcc/include"
@@ -57,8 +58,8 @@ echo "kernels: ${#sources[@]} files; nvrtc $nvrtc_lib; ptxas $("$ptxas" --versio
 
 status=0
 for arch in 80 90; do
-    if ! "$python" "$repo/scripts/nvrtc_compile.py" --lib "$nvrtc_lib" --arch "compute_$arch" \
-        -I "$repo/kernels" -I "$runtime_include" -I "$nvcc_include" \
+    if ! "$python" "$repo/scripts/nvrtc_compile.py" --lib "$nvrtc_lib" \
+        --arch "compute_$arch" -I "$repo/kernels" -I "$runtime_include" -I "$nvcc_include" \
         --out "$out" "${sources[@]}"; then
         status=1
         continue
@@ -75,24 +76,33 @@ for arch in 80 90; do
         fi
         # One line per kernel: name, registers, shared memory, stack, spills.
         if ! awk -v arch="sm_$arch" -v file="$stem" '
-            /Compiling entry function/ { name = $0; sub(/.*function .?/, "", name); sub(/.? for .*/, "", name) }
+            /Compiling entry function/ {
+                name = $0; sub(/.*function .?/, "", name); sub(/.? for .*/, "", name)
+            }
             /bytes stack frame/ { stack = $1; spill_st = $5; spill_ld = $9 }
             /Used [0-9]+ registers/ {
                 regs = $0; sub(/.*Used /, "", regs); sub(/ registers.*/, "", regs)
-                smem = 0; if (match($0, /[0-9]+ bytes smem/)) { smem = substr($0, RSTART, RLENGTH); sub(/ bytes smem/, "", smem) }
-                flag = (spill_st + spill_ld > 0) ? "  SPILLS" : ""
-                printf "%-6s %-18s %-32s %3d regs %6d B smem %4d B stack %4d/%d B spill st/ld%s\n", arch, file, name, regs, smem, stack, spill_st, spill_ld, flag
-                if (spill_st + spill_ld > 0) bad = 1
+                smem = 0
+                if (match($0, /[0-9]+ bytes smem/)) {
+                    smem = substr($0, RSTART, RLENGTH); sub(/ bytes smem/, "", smem)
+                }
+                # Spills, and stack frames (arrays indexed at run time), both
+                # put registers in local memory.
+                spills = spill_st + spill_ld + stack > 0
+                printf "%-6s %-17s %-29s %3d regs %6d B smem %3d B stack %d/%d B spilled%s\n",
+                    arch, file, name, regs, smem, stack, spill_st, spill_ld,
+                    spills ? "  SPILLS" : ""
+                if (spills) bad = 1
             }
             END { exit bad }' <<<"$report"; then
-            echo "error: $stem spills registers on sm_$arch"
+            echo "error: $stem spills registers or uses a stack frame on sm_$arch"
             status=1
         fi
     done
 done
 
 if [[ $status -eq 0 ]]; then
-    echo "compile-kernels: ok (every kernel compiles for compute_80/compute_90, no spills)"
+    echo "compile-kernels: ok (all kernels compile for compute_80/90; no spills, no stack)"
 else
     echo "compile-kernels: FAILED"
 fi
