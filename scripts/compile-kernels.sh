@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Compile every kernels/*.cu with NVRTC for compute_80 and compute_90,
 # assemble the PTX with `ptxas -v` (sm_80 and sm_90), print registers,
-# shared memory and spills per kernel, and fail on any compile error or any
-# register spill or stack frame. Needs no GPU and no CUDA install: NVIDIA's PyPI wheels
-# provide NVRTC, the headers and ptxas.
+# shared memory and spills per kernel, and fail on any compile error, any
+# register spill or any stack frame. Needs no GPU and no CUDA install:
+# NVIDIA's PyPI wheels provide NVRTC, the headers and ptxas.
 #
 #   pip install nvidia-cuda-nvrtc-cu12 nvidia-cuda-runtime-cu12 nvidia-cuda-nvcc-cu12
 #   scripts/compile-kernels.sh            # uses `python3`, or $PYTHON
