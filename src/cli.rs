@@ -162,6 +162,10 @@ pub struct TrainArgs {
     /// Train on CUDA device N
     #[arg(long, value_name = "N")]
     pub gpu: Option<usize>,
+    /// Arithmetic of the GPU encoder: fp32, bf16 or fp16 (master weights and
+    /// Adam state stay fp32); default bf16 where the GPU has it
+    #[arg(long, value_name = "P", requires = "gpu")]
+    pub precision: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -242,6 +246,9 @@ pub struct BenchArgs {
     /// CUDA device, with --backend cuda
     #[arg(long, default_value_t = 0)]
     pub gpu: usize,
+    /// fp32, bf16 or fp16, with --backend cuda (default bf16 where the GPU has it)
+    #[arg(long, value_name = "P")]
+    pub precision: Option<String>,
     #[arg(long, default_value_t = 256)]
     pub batch: usize,
     #[arg(long, default_value_t = 128)]

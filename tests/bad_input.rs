@@ -267,6 +267,13 @@ fn flags_out_of_range_are_usage_errors() {
         let run = run_with("flags", &[], &["train", &format!("{flag}={value}")]);
         expect_error(run, 2, &[flag]);
     }
-    let run = run_with("gpu", &[], &["train", "--gpu", "0"]);
-    expect_error(run, 2, &["--gpu 0"]);
+    // No driver here, or no device 99 where there is one: a runtime error.
+    let run = run_with("gpu", &[], &["train", "--gpu", "99"]);
+    expect_error(run, 1, &["--gpu 99"]);
+    let run = run_with(
+        "precision",
+        &[],
+        &["train", "--gpu", "0", "--precision", "fp8"],
+    );
+    expect_error(run, 2, &["--precision"]);
 }

@@ -29,7 +29,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     match args.backend {
         BackendArg::Cpu => bench_on(CpuBackend::new(), args),
-        BackendArg::Cuda => usage!("--backend cuda: this build has no CUDA backend"),
+        BackendArg::Cuda => {
+            let backend =
+                crate::backend::cuda::open(args.gpu, args.precision.as_deref(), "--precision")?;
+            bench_on(backend, args)
+        }
     }
 }
 

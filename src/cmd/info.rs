@@ -10,6 +10,7 @@ pub fn run() -> Result<()> {
         crate::backend::cpu::simd_path()
     );
     println!("cpu features: {}", cpu_features().join(" "));
+    println!("{}", crate::backend::cuda::describe_cuda());
     Ok(())
 }
 

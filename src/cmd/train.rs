@@ -25,7 +25,8 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     check_args(args)?;
     super::set_threads(args.threads)?;
     if let Some(gpu) = args.gpu {
-        usage!("--gpu {gpu}: this build of polyhead has no CUDA backend; train on the CPU without --gpu");
+        let backend = crate::backend::cuda::open(gpu, args.precision.as_deref(), "--precision")?;
+        return train_on(backend, args);
     }
     train_on(CpuBackend::new(), args)
 }
@@ -340,6 +341,8 @@ fn training_options(args: &TrainArgs) -> Vec<(String, String)> {
         ("--weighting", args.weighting.clone()),
         ("--task-weights", args.task_weights.join(",")),
         ("--task-sampling", args.task_sampling.clone()),
+        ("--gpu", args.gpu.map(|g| g.to_string()).unwrap_or_default()),
+        ("--precision", args.precision.clone().unwrap_or_default()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))

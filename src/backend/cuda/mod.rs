@@ -70,6 +70,27 @@ impl Precision {
     }
 }
 
+/// Opens CUDA device `device` at the precision asked for (`None`: bf16
+/// where the GPU has it, sm_80 and later, else fp32); an unknown precision
+/// is a usage error naming `flag`.
+pub fn open(device: usize, precision: Option<&str>, flag: &str) -> Result<CudaBackend> {
+    let precision = match precision {
+        Some(text) => match Precision::parse(text) {
+            Some(p) => p,
+            None => {
+                let msg = format!("{flag}: expected fp32, bf16 or fp16, got {text:?}");
+                return Err(anyhow::Error::new(crate::cmd::UsageError(msg)));
+            }
+        },
+        None => match probe_device(device) {
+            Ok(info) if info.sm() >= 80 => Precision::Bf16,
+            Ok(_) => Precision::Fp32,
+            Err(e) => anyhow::bail!("--gpu {device}: {e}"),
+        },
+    };
+    CudaBackend::new(device, precision).map_err(|e| e.context(format!("--gpu {device}")))
+}
+
 impl fmt::Display for Precision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
