@@ -32,10 +32,16 @@ use crate::usage;
 pub fn run(args: &CompareArgs) -> Result<()> {
     check_args(args)?;
     super::set_threads(args.train.threads)?;
-    if let Some(gpu) = args.train.gpu {
-        usage!("--gpu {gpu}: this build of polyhead has no CUDA backend; compare on the CPU without --gpu");
-    }
-    let comparison = compare_on(|| Ok(CpuBackend::new()), args)?;
+    let comparison = match args.train.gpu {
+        Some(gpu) => {
+            let precision = args.train.precision.as_deref();
+            compare_on(
+                || crate::backend::cuda::open(gpu, precision, "--precision"),
+                args,
+            )?
+        }
+        None => compare_on(|| Ok(CpuBackend::new()), args)?,
+    };
     print!("{}", table(&comparison));
     if let Some(path) = &args.json {
         write_json(path, &comparison)?;

@@ -57,8 +57,12 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         }
     }
     if args.json {
-        let object = json!({"model": args.model.display().to_string(),
-                            "data": table.source, "rows": encoded.rows(), "tasks": Value::Object(report)});
+        let object = json!({
+            "model": args.model.display().to_string(),
+            "data": table.source,
+            "rows": encoded.rows(),
+            "tasks": Value::Object(report),
+        });
         println!("{object}");
     }
     Ok(())

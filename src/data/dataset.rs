@@ -236,7 +236,8 @@ pub fn encode_table(
     for (i, map) in maps.iter().enumerate() {
         if summary.unknown_labels[i] > 0 {
             summary.warnings.push(format!(
-                "{source}: task {:?}: {} row{} with a label unknown to the model, counted as errors",
+                "{source}: task {:?}: {} row{} with a label unknown to the model, \
+                 counted as errors",
                 map.task,
                 summary.unknown_labels[i],
                 plural(summary.unknown_labels[i])
@@ -276,7 +277,8 @@ fn label_warnings(table: &Table, maps: &[LabelMap], columns: &[Option<usize>]) -
             ));
         } else if labelled >= 20 && map.classes.len() * 2 > labelled {
             warnings.push(format!(
-                "{}: task {:?} has {} distinct labels in {labelled} rows: probably not a label column",
+                "{}: task {:?} has {} distinct labels in {labelled} rows: \
+                 probably not a label column",
                 table.source,
                 map.task,
                 map.classes.len()
