@@ -33,7 +33,7 @@ use rayon::prelude::*;
 
 use super::simd::{multiversion, SimdPath};
 use super::stream;
-use super::Texts;
+use super::{PerWorker, Texts};
 use crate::model::Shape;
 
 /// Parts of the token-order pass: enough for two threads to balance, few
@@ -43,14 +43,11 @@ const PARTS: usize = 8;
 /// as writing this many rows of the embedding gradient.
 const ROWS_PER_POSITION: usize = 8;
 
-thread_local! {
-    /// Each thread's sum for the embedding row it is working on.
-    static ROW: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
 /// Buffers reused from call to call (grown, never shrunk).
-#[derive(Default)]
 pub struct BackwardScratch {
+    /// Per worker, `k * D` floats: the sum of the embedding row it is
+    /// working on, or of a filter's weight gradient.
+    rows: PerWorker<Vec<f32>>,
     /// `g [rows, F]`: `dh` where `h > 0`, else 0.
     gate: Vec<f32>,
     /// The conv weight as `[k, F, D]`: tap `j` of filter `f` is contiguous.
@@ -68,6 +65,22 @@ pub struct BackwardScratch {
     occurrences: Vec<u32>,
     /// The tokens with gradient, ascending, and their runs of `occurrences`.
     used: Vec<TokenRun>,
+}
+
+impl Default for BackwardScratch {
+    fn default() -> BackwardScratch {
+        BackwardScratch {
+            rows: PerWorker::new(),
+            gate: Vec::new(),
+            taps: Vec::new(),
+            weight_parts: Vec::new(),
+            window_start: Vec::new(),
+            window_filters: Vec::new(),
+            token_slot: Vec::new(),
+            occurrences: Vec::new(),
+            used: Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -116,6 +129,9 @@ pub fn backward(
     let (dim, filters, kernel) = (d.embed, d.filters, d.kernel);
     let (rows, width) = (texts.rows, texts.width);
     let weight = &params[shape.conv_weight.range()];
+    scratch.rows.prepare(|row| {
+        super::grow(row, kernel * dim);
+    });
 
     let gate = super::grow(&mut scratch.gate, rows * filters);
     for ((g, &hv), &dv) in gate
@@ -175,6 +191,7 @@ pub fn backward(
     };
 
     let used = &scratch.used[..];
+    let workers = &scratch.rows;
     let bounds = part_bounds(used, d.vocab);
     let mut outputs: [&mut [f32]; PARTS] = Default::default();
     let mut rest = grads.embedding;
@@ -196,8 +213,8 @@ pub fn backward(
                 runs: &used[bounds.runs[p]..bounds.runs[p + 1]],
                 first_row: bounds.rows[p],
             };
-            ROW.with_borrow_mut(|row| {
-                let row = super::grow(row, dim);
+            workers.with(|row| {
+                let row = &mut row[..dim];
                 token_part(path, &inputs, &part, out, weight_acc, row);
             });
             stream::fence();
@@ -209,8 +226,8 @@ pub fn backward(
         .par_chunks_mut(dim * kernel)
         .enumerate()
         .for_each(|(f, out)| {
-            ROW.with_borrow_mut(|sum| {
-                let sum = super::grow(sum, kernel * dim);
+            workers.with(|sum| {
+                let sum = &mut sum[..kernel * dim];
                 sum_weight_parts(path, weight_parts, f, kernel, sum, out);
             });
         });
@@ -251,10 +268,22 @@ fn part_bounds(used: &[TokenRun], vocab: usize) -> PartBounds {
         {
             run += 1;
         }
-        let before = if run == 0 { 0 } else { used[run - 1].end as usize };
+        let before = if run == 0 {
+            0
+        } else {
+            used[run - 1].end as usize
+        };
         let row = target.saturating_sub(ROWS_PER_POSITION * before);
-        let row_cap = if run < used.len() { used[run].token as usize } else { vocab };
-        let floor = if run == 0 { 0 } else { used[run - 1].token as usize + 1 };
+        let row_cap = if run < used.len() {
+            used[run].token as usize
+        } else {
+            vocab
+        };
+        let floor = if run == 0 {
+            0
+        } else {
+            used[run - 1].token as usize + 1
+        };
         let row = row.clamp(floor, row_cap).max(bounds.rows[p - 1]);
         bounds.rows[p] = row;
         bounds.runs[p] = run;

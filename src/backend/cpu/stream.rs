@@ -66,11 +66,14 @@ mod tests {
         let src: Vec<f32> = (0..40).map(|i| i as f32 + 0.5).collect();
         for start in 0..4 {
             for len in [0, 1, 3, 4, 7, 16, 33] {
-                let mut buf = vec![f32::NAN; 40];
+                let mut buf = [f32::NAN; 40];
                 store(&mut buf[start..start + len], Some(&src[..len]));
                 fence();
                 assert_eq!(&buf[start..start + len], &src[..len]);
-                assert!(buf[..start].iter().chain(&buf[start + len..]).all(|v| v.is_nan()));
+                assert!(buf[..start]
+                    .iter()
+                    .chain(&buf[start + len..])
+                    .all(|v| v.is_nan()));
                 store(&mut buf[start..start + len], None);
                 fence();
                 assert!(buf[start..start + len].iter().all(|&v| v == 0.0));

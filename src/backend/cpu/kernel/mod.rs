@@ -41,12 +41,6 @@ use super::simd::{Isa, SimdPath};
 /// The widest panel of any path: stack buffers of this size fit them all.
 pub const MAX_NR: usize = 32;
 
-thread_local! {
-    /// Per thread, the `[rows, NR]` partial sums of [`max_rows`] between
-    /// depth blocks; grows once.
-    static PARTIAL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
 /// Expands `$body` with `$rows` as a constant `$r` for each listed value, so
 /// a micro-kernel can finish the rows left over after its full `MR` blocks.
 macro_rules! with_rows {
@@ -144,8 +138,15 @@ pub fn pack_bias(path: SimdPath, n: usize, out: &mut Vec<f32>, value: impl Fn(us
 /// For each of the panel's `NR` columns, the maximum over rows `0..rows` of
 /// `bias + A B` into `best`, and the first row reaching it into `arg`.
 /// Values that are not greater than `-inf` never win (`best` stays `-inf`,
-/// `arg` 0).
-pub fn max_rows(path: SimdPath, op: Operands<'_>, rows: usize, best: &mut [f32], arg: &mut [i32]) {
+/// `arg` 0). `partial` is scratch of at least `rows * NR` floats.
+pub fn max_rows(
+    path: SimdPath,
+    op: Operands<'_>,
+    rows: usize,
+    partial: &mut [f32],
+    best: &mut [f32],
+    arg: &mut [i32],
+) {
     let nr = panel_width(path);
     op.check(rows, nr);
     assert!(
@@ -153,22 +154,23 @@ pub fn max_rows(path: SimdPath, op: Operands<'_>, rows: usize, best: &mut [f32],
         "max outputs shorter than a panel"
     );
     assert!(
+        partial.len() >= rows * nr,
+        "partial sums shorter than the rows"
+    );
+    assert!(
         i32::try_from(rows).is_ok(),
         "too many rows for an i32 index"
     );
-    PARTIAL.with_borrow_mut(|partial| {
-        let partial = super::grow(partial, rows * nr);
-        match path.isa() {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: the path proves avx512f; `check`, the assertions above
-            // and `partial`'s length are the bounds the kernel relies on.
-            Isa::Avx512 => unsafe { avx512::max_rows(op, rows, partial, best, arg) },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: the path proves avx2 and fma; bounds checked as above.
-            Isa::Avx2Fma => unsafe { avx2::max_rows(op, rows, partial, best, arg) },
-            _ => scalar::max_rows(op, rows, best, arg),
-        }
-    })
+    match path.isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the path proves avx512f; `check` and the assertions above
+        // are the bounds the kernel relies on.
+        Isa::Avx512 => unsafe { avx512::max_rows(op, rows, partial, best, arg) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the path proves avx2 and fma; bounds checked as above.
+        Isa::Avx2Fma => unsafe { avx2::max_rows(op, rows, partial, best, arg) },
+        _ => scalar::max_rows(op, rows, best, arg),
+    }
 }
 
 /// A product `C [m, n] = act(A [m, k] B [k, n] + bias)` with `B` and the
@@ -341,7 +343,15 @@ mod tests {
                     bias: &bias,
                 };
                 let (mut best, mut arg) = ([0.0; MAX_NR], [0; MAX_NR]);
-                max_rows(path, op, rows, &mut best[..nr], &mut arg[..nr]);
+                let mut partial = vec![0.0; rows * nr];
+                max_rows(
+                    path,
+                    op,
+                    rows,
+                    &mut partial,
+                    &mut best[..nr],
+                    &mut arg[..nr],
+                );
                 for col in 0..nr {
                     let z = |r: usize| {
                         (0..k)
