@@ -1532,3 +1532,31 @@ fn describe_names_the_code_path() {
         assert!(text.contains(path.name()), "{text}");
     }
 }
+
+#[test]
+fn an_empty_batch_gives_zero_encoder_gradients() {
+    let mut rng = seeded("an_empty_batch_gives_zero_encoder_gradients");
+    let shape = random_shape(&mut rng);
+    let params = random_params(&mut rng, &shape);
+    let width = shape.dims.kernel + 2;
+    let texts = Texts {
+        tokens: Vec::new(),
+        lengths: Vec::new(),
+        rows: 0,
+        width,
+    };
+    for path in paths() {
+        let mut cpu = CpuBackend::with_path(path);
+        let (h, win) = encoder_forward(&mut cpu, &shape, &params, &texts);
+        let mut grads = poisoned_grads(&shape);
+        cpu.encoder_backward(&shape, &params, &texts.batch(), &h, &win, &h, &mut grads)
+            .unwrap();
+        let encoder_end = shape.conv_bias.offset + shape.conv_bias.len;
+        assert!(
+            grads[..encoder_end].iter().all(|&g| g == 0.0),
+            "{}",
+            path.name()
+        );
+        assert!(grads[encoder_end..].iter().all(|&g| g == UNTOUCHED));
+    }
+}

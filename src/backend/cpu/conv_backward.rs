@@ -459,3 +459,70 @@ multiversion! {
         stream::store(&mut out[next * dim..], None);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs of `counts[i]` positions for tokens `tokens[i]` (ascending).
+    fn runs(tokens: &[u32], counts: &[u32]) -> Vec<TokenRun> {
+        let mut begin = 0;
+        tokens
+            .iter()
+            .zip(counts)
+            .map(|(&token, &count)| {
+                let run = TokenRun {
+                    token,
+                    begin,
+                    end: begin + count,
+                };
+                begin += count;
+                run
+            })
+            .collect()
+    }
+
+    fn check(used: &[TokenRun], vocab: usize) -> PartBounds {
+        let bounds = part_bounds(used, vocab);
+        assert_eq!((bounds.rows[0], bounds.rows[PARTS]), (0, vocab));
+        assert_eq!((bounds.runs[0], bounds.runs[PARTS]), (0, used.len()));
+        for p in 0..PARTS {
+            assert!(bounds.rows[p] <= bounds.rows[p + 1], "{:?}", bounds.rows);
+            // Part p's runs are exactly the tokens within its rows.
+            for run in &used[bounds.runs[p]..bounds.runs[p + 1]] {
+                let token = run.token as usize;
+                assert!(bounds.rows[p] <= token && token < bounds.rows[p + 1]);
+            }
+        }
+        bounds
+    }
+
+    #[test]
+    fn parts_cover_the_table_and_split_the_work() {
+        check(&[], 1);
+        check(&[], 1000);
+        check(&runs(&[0], &[5]), 1);
+        check(&runs(&[3, 4, 9], &[1, 100, 2]), 10);
+
+        // Frequent tokens first, as a frequency-sorted vocabulary has them.
+        let tokens: Vec<u32> = (1..5000).collect();
+        let counts: Vec<u32> = tokens.iter().map(|&t| 1 + 3000 / t).collect();
+        let used = runs(&tokens, &counts);
+        let vocab = 30000;
+        let bounds = check(&used, vocab);
+        let work = |p: usize| {
+            let positions: u32 = used[bounds.runs[p]..bounds.runs[p + 1]]
+                .iter()
+                .map(|run| run.end - run.begin)
+                .sum();
+            bounds.rows[p + 1] - bounds.rows[p] + ROWS_PER_POSITION * positions as usize
+        };
+        let total: usize = (0..PARTS).map(work).sum();
+        for p in 0..PARTS {
+            // No part carries much more than its share (one token's
+            // positions cannot be split).
+            let biggest_token = ROWS_PER_POSITION * 3001;
+            assert!(work(p) <= total / PARTS + biggest_token + 1, "part {p}");
+        }
+    }
+}

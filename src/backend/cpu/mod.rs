@@ -1,14 +1,15 @@
 //! The CPU backend: the model's fused operations over host memory.
 //!
 //! Where the time goes, and where it is handled:
-//! - [`conv`]: the fused encoder forward (gather, convolution, bias, ReLU,
+//! - `conv`: the fused encoder forward (gather, convolution, bias, ReLU,
 //!   masked max over time), about 95 % of a step's arithmetic. An implicit
 //!   GEMM over each text's own windows on the micro-kernels of [`kernel`].
-//! - [`conv_backward`]: its sparse backward, through the winning windows
+//! - `conv_backward`: its sparse backward, through the winning windows
 //!   only, reduced by token so the result does not depend on threads.
-//! - [`heads`]: all task heads; the first layers are one product.
-//! - [`loss`]: fused softmax + cross-entropy + logit gradient.
-//! - [`adam`]: Adam and the other element-wise passes.
+//! - `heads`: all task heads; the first layers are one product.
+//! - `loss`: fused softmax + cross-entropy + logit gradient.
+//! - `adam`: Adam and the other element-wise passes.
+//! - `stream`: streaming stores for the embedding gradient.
 //! - [`simd`]: the code path (AVX-512F, AVX2+FMA or scalar), chosen at run
 //!   time; `POLYHEAD_CPU_PATH` forces one.
 //!

@@ -5,8 +5,10 @@
 //! into column panels: panel `p` holds columns `p * NR .. (p + 1) * NR` as `k`
 //! rows of `NR` contiguous floats (`[panels][k][NR]`, zero past the last
 //! column). A micro-kernel keeps an `MR x NR` block of `C` in registers for
-//! the whole depth `k`: per step it loads one panel row and broadcasts one
-//! value of each of the `MR` rows of `A`.
+//! the depth: per step it loads one panel row and broadcasts one value of
+//! each of the `MR` rows of `A`. For the max epilogue the depth is cut into
+//! blocks of 128 so a panel block stays in L1 while all row blocks pass over
+//! it; the sums wait in a small buffer between depth blocks.
 //!
 //! `lda` may be smaller than `k`: the convolution's rows are a text's
 //! windows, `k * D` consecutive floats of its gathered embedding rows, one
@@ -26,7 +28,7 @@
 //!
 //! | path     | MR x NR | accumulators   |
 //! |----------|---------|----------------|
-//! | avx512   | 12 x 32 | 24 zmm of 32   |
+//! | avx512   | 14 x 32 | 28 zmm of 32   |
 //! | avx2+fma |  6 x 16 | 12 ymm of 16   |
 //! | scalar   |  4 x 16 | compiler's own |
 
