@@ -97,7 +97,7 @@ pub struct EncoderGrads<'a> {
     pub conv_bias: &'a mut [f32],
 }
 
-/// What the per-block routines read.
+/// What the per-part routines read.
 struct Inputs<'a> {
     texts: Texts<'a>,
     emb: &'a [f32],
