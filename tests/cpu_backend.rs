@@ -1560,3 +1560,34 @@ fn an_empty_batch_gives_zero_encoder_gradients() {
         assert!(grads[encoder_end..].iter().all(|&g| g == UNTOUCHED));
     }
 }
+
+#[test]
+fn buffers_upload_and_download() {
+    let cpu = CpuBackend::new();
+    let mut floats = cpu.floats(5).unwrap();
+    assert_eq!(floats, vec![0.0; 5]);
+    cpu.upload_floats(&mut floats, &[1.5, -2.0, 3.25]).unwrap();
+    let mut back = [0.0f32; 4];
+    cpu.download_floats(&floats, &mut back).unwrap();
+    assert_eq!(back, [1.5, -2.0, 3.25, 0.0]);
+    let err = cpu
+        .upload_floats(&mut floats, &[0.0; 6])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("upload of 6 floats into 5"), "{err}");
+    let err = cpu
+        .download_floats(&floats, &mut [0.0; 6])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("download of 6 floats from 5"), "{err}");
+
+    let mut ints = cpu.ints(3).unwrap();
+    assert_eq!(ints, vec![0; 3]);
+    cpu.upload_ints(&mut ints, &[7, -1]).unwrap();
+    let mut back = [9i32; 3];
+    cpu.download_ints(&ints, &mut back).unwrap();
+    assert_eq!(back, [7, -1, 0]);
+    assert!(cpu.upload_ints(&mut ints, &[0; 4]).is_err());
+    assert!(cpu.download_ints(&ints, &mut [0; 4]).is_err());
+    cpu.synchronize().unwrap();
+}
