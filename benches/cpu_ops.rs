@@ -13,7 +13,13 @@
 //! median of each phase of the step. `conv GFLOP/s` is the peer's yardstick:
 //! `2 * B * (L - k + 1) * F * D * k` over the median time, whatever the
 //! lengths; `useful` counts only the windows inside the texts.
-//! The code path follows `POLYHEAD_CPU_PATH` (default: the fastest).
+//!
+//! The machines this runs on are shared, so each line is followed by the
+//! scheduler's view (Linux only): the threads' on-CPU time per call divided
+//! by the thread count (what the call would take with the cores to itself)
+//! and the share of time the threads waited for a core. The phases are given
+//! both ways too. The code path follows `POLYHEAD_CPU_PATH` (default: the
+//! fastest).
 
 use std::time::{Duration, Instant};
 

@@ -12,27 +12,40 @@
 //! text's own windows are computed, so short texts cost proportionally less.
 //!
 //! Texts are independent, so rayon spreads them over the threads; each
-//! thread gathers into its own buffer, which grows once and is reused.
-
-use std::cell::RefCell;
+//! worker gathers into its own buffer, which grows once and is reused.
 
 use rayon::prelude::*;
 
 use super::kernel::{self, Operands, MAX_NR};
 use super::simd::SimdPath;
-use super::Texts;
+use super::{PerWorker, Texts};
 use crate::model::Shape;
 
-/// The convolution weight and bias packed for the micro-kernels.
-#[derive(Default)]
-pub struct PackedConv {
+/// The convolution weight and bias packed for the micro-kernels, and each
+/// worker's buffers.
+pub struct ConvScratch {
     panels: Vec<f32>,
     bias: Vec<f32>,
+    texts: PerWorker<TextScratch>,
 }
 
-thread_local! {
-    /// Each thread's gathered embedding rows of the text it is working on.
-    static GATHERED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+impl Default for ConvScratch {
+    fn default() -> ConvScratch {
+        ConvScratch {
+            panels: Vec::new(),
+            bias: Vec::new(),
+            texts: PerWorker::new(),
+        }
+    }
+}
+
+/// One worker's buffers for the text it is working on.
+#[derive(Default)]
+struct TextScratch {
+    /// The gathered embedding rows, `[positions, D]`.
+    gathered: Vec<f32>,
+    /// The micro-kernel's partial sums, `[windows, NR]`.
+    partial: Vec<f32>,
 }
 
 /// Writes `h [rows, F]` and `win [rows, F]` for every text of `texts`.
@@ -41,7 +54,7 @@ pub fn forward(
     shape: &Shape,
     params: &[f32],
     texts: Texts<'_>,
-    packed: &mut PackedConv,
+    scratch: &mut ConvScratch,
     h: &mut [f32],
     win: &mut [i32],
 ) {
@@ -52,13 +65,19 @@ pub fn forward(
     let bias = &params[shape.conv_bias.range()];
 
     let depth = kernel * dim;
-    kernel::pack(path, depth, filters, &mut packed.panels, |row, f| {
+    kernel::pack(path, depth, filters, &mut scratch.panels, |row, f| {
         let (j, dd) = (row / dim, row % dim);
         weight[(f * dim + dd) * kernel + j]
     });
-    kernel::pack_bias(path, filters, &mut packed.bias, |f| bias[f]);
-    let (panels, packed_bias) = (&packed.panels[..], &packed.bias[..]);
+    kernel::pack_bias(path, filters, &mut scratch.bias, |f| bias[f]);
+    let (panels, packed_bias) = (&scratch.panels[..], &scratch.bias[..]);
     let nr = kernel::panel_width(path);
+    let widest = texts.width.max(kernel);
+    scratch.texts.prepare(|buffers| {
+        super::grow(&mut buffers.gathered, widest * dim);
+        super::grow(&mut buffers.partial, widest * nr);
+    });
+    let workers = &scratch.texts;
 
     let rows = texts.rows;
     h[..rows * filters]
@@ -66,9 +85,9 @@ pub fn forward(
         .zip(win[..rows * filters].par_chunks_mut(filters))
         .enumerate()
         .for_each(|(b, (h_row, win_row))| {
-            GATHERED.with_borrow_mut(|buffer| {
+            workers.with(|scratch| {
                 let positions = texts.len(b).max(kernel);
-                let gathered = super::grow(buffer, positions * dim);
+                let gathered = &mut scratch.gathered[..positions * dim];
                 gather(texts.text(b), emb, dim, gathered);
 
                 let windows = positions - kernel + 1;
@@ -82,7 +101,8 @@ pub fn forward(
                         panel: &panels[p * depth * nr..][..depth * nr],
                         bias: &packed_bias[p * nr..][..nr],
                     };
-                    kernel::max_rows(path, op, windows, &mut best[..nr], &mut arg[..nr]);
+                    let partial = &mut scratch.partial[..windows * nr];
+                    kernel::max_rows(path, op, windows, partial, &mut best[..nr], &mut arg[..nr]);
                     for (f, (out, at)) in h_part.iter_mut().zip(win_part.iter_mut()).enumerate() {
                         // relu(max_t z); `best` is finite (every text has a
                         // window) unless the parameters are not.

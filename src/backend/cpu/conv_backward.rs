@@ -33,7 +33,7 @@ use rayon::prelude::*;
 
 use super::simd::{multiversion, SimdPath};
 use super::stream;
-use super::Texts;
+use super::{PerWorker, Texts};
 use crate::model::Shape;
 
 /// Parts of the token-order pass: enough for two threads to balance, few
@@ -43,14 +43,11 @@ const PARTS: usize = 8;
 /// as writing this many rows of the embedding gradient.
 const ROWS_PER_POSITION: usize = 8;
 
-thread_local! {
-    /// Each thread's sum for the embedding row it is working on.
-    static ROW: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
 /// Buffers reused from call to call (grown, never shrunk).
-#[derive(Default)]
 pub struct BackwardScratch {
+    /// Per worker, `k * D` floats: the sum of the embedding row it is
+    /// working on, or of a filter's weight gradient.
+    rows: PerWorker<Vec<f32>>,
     /// `g [rows, F]`: `dh` where `h > 0`, else 0.
     gate: Vec<f32>,
     /// The conv weight as `[k, F, D]`: tap `j` of filter `f` is contiguous.
@@ -70,6 +67,22 @@ pub struct BackwardScratch {
     used: Vec<TokenRun>,
 }
 
+impl Default for BackwardScratch {
+    fn default() -> BackwardScratch {
+        BackwardScratch {
+            rows: PerWorker::new(),
+            gate: Vec::new(),
+            taps: Vec::new(),
+            weight_parts: Vec::new(),
+            window_start: Vec::new(),
+            window_filters: Vec::new(),
+            token_slot: Vec::new(),
+            occurrences: Vec::new(),
+            used: Vec::new(),
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
 struct TokenRun {
     token: u32,
@@ -84,7 +97,7 @@ pub struct EncoderGrads<'a> {
     pub conv_bias: &'a mut [f32],
 }
 
-/// What the per-block routines read.
+/// What the per-part routines read.
 struct Inputs<'a> {
     texts: Texts<'a>,
     emb: &'a [f32],
@@ -116,6 +129,9 @@ pub fn backward(
     let (dim, filters, kernel) = (d.embed, d.filters, d.kernel);
     let (rows, width) = (texts.rows, texts.width);
     let weight = &params[shape.conv_weight.range()];
+    scratch.rows.prepare(|row| {
+        super::grow(row, kernel * dim);
+    });
 
     let gate = super::grow(&mut scratch.gate, rows * filters);
     for ((g, &hv), &dv) in gate
@@ -175,6 +191,7 @@ pub fn backward(
     };
 
     let used = &scratch.used[..];
+    let workers = &scratch.rows;
     let bounds = part_bounds(used, d.vocab);
     let mut outputs: [&mut [f32]; PARTS] = Default::default();
     let mut rest = grads.embedding;
@@ -196,8 +213,8 @@ pub fn backward(
                 runs: &used[bounds.runs[p]..bounds.runs[p + 1]],
                 first_row: bounds.rows[p],
             };
-            ROW.with_borrow_mut(|row| {
-                let row = super::grow(row, dim);
+            workers.with(|row| {
+                let row = &mut row[..dim];
                 token_part(path, &inputs, &part, out, weight_acc, row);
             });
             stream::fence();
@@ -209,8 +226,8 @@ pub fn backward(
         .par_chunks_mut(dim * kernel)
         .enumerate()
         .for_each(|(f, out)| {
-            ROW.with_borrow_mut(|sum| {
-                let sum = super::grow(sum, kernel * dim);
+            workers.with(|sum| {
+                let sum = &mut sum[..kernel * dim];
                 sum_weight_parts(path, weight_parts, f, kernel, sum, out);
             });
         });
@@ -440,5 +457,72 @@ multiversion! {
             next = local + 1;
         }
         stream::store(&mut out[next * dim..], None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs of `counts[i]` positions for tokens `tokens[i]` (ascending).
+    fn runs(tokens: &[u32], counts: &[u32]) -> Vec<TokenRun> {
+        let mut begin = 0;
+        tokens
+            .iter()
+            .zip(counts)
+            .map(|(&token, &count)| {
+                let run = TokenRun {
+                    token,
+                    begin,
+                    end: begin + count,
+                };
+                begin += count;
+                run
+            })
+            .collect()
+    }
+
+    fn check(used: &[TokenRun], vocab: usize) -> PartBounds {
+        let bounds = part_bounds(used, vocab);
+        assert_eq!((bounds.rows[0], bounds.rows[PARTS]), (0, vocab));
+        assert_eq!((bounds.runs[0], bounds.runs[PARTS]), (0, used.len()));
+        for p in 0..PARTS {
+            assert!(bounds.rows[p] <= bounds.rows[p + 1], "{:?}", bounds.rows);
+            // Part p's runs are exactly the tokens within its rows.
+            for run in &used[bounds.runs[p]..bounds.runs[p + 1]] {
+                let token = run.token as usize;
+                assert!(bounds.rows[p] <= token && token < bounds.rows[p + 1]);
+            }
+        }
+        bounds
+    }
+
+    #[test]
+    fn parts_cover_the_table_and_split_the_work() {
+        check(&[], 1);
+        check(&[], 1000);
+        check(&runs(&[0], &[5]), 1);
+        check(&runs(&[3, 4, 9], &[1, 100, 2]), 10);
+
+        // Frequent tokens first, as a frequency-sorted vocabulary has them.
+        let tokens: Vec<u32> = (1..5000).collect();
+        let counts: Vec<u32> = tokens.iter().map(|&t| 1 + 3000 / t).collect();
+        let used = runs(&tokens, &counts);
+        let vocab = 30000;
+        let bounds = check(&used, vocab);
+        let work = |p: usize| {
+            let positions: u32 = used[bounds.runs[p]..bounds.runs[p + 1]]
+                .iter()
+                .map(|run| run.end - run.begin)
+                .sum();
+            bounds.rows[p + 1] - bounds.rows[p] + ROWS_PER_POSITION * positions as usize
+        };
+        let total: usize = (0..PARTS).map(work).sum();
+        for p in 0..PARTS {
+            // No part carries much more than its share (one token's
+            // positions cannot be split).
+            let biggest_token = ROWS_PER_POSITION * 3001;
+            assert!(work(p) <= total / PARTS + biggest_token + 1, "part {p}");
+        }
     }
 }

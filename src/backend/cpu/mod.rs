@@ -1,14 +1,15 @@
 //! The CPU backend: the model's fused operations over host memory.
 //!
 //! Where the time goes, and where it is handled:
-//! - [`conv`]: the fused encoder forward (gather, convolution, bias, ReLU,
+//! - `conv`: the fused encoder forward (gather, convolution, bias, ReLU,
 //!   masked max over time), about 95 % of a step's arithmetic. An implicit
 //!   GEMM over each text's own windows on the micro-kernels of [`kernel`].
-//! - [`conv_backward`]: its sparse backward, through the winning windows
+//! - `conv_backward`: its sparse backward, through the winning windows
 //!   only, reduced by token so the result does not depend on threads.
-//! - [`heads`]: all task heads; the first layers are one product.
-//! - [`loss`]: fused softmax + cross-entropy + logit gradient.
-//! - [`adam`]: Adam and the other element-wise passes.
+//! - `heads`: all task heads; the first layers are one product.
+//! - `loss`: fused softmax + cross-entropy + logit gradient.
+//! - `adam`: Adam and the other element-wise passes.
+//! - `stream`: streaming stores for the embedding gradient.
 //! - [`simd`]: the code path (AVX-512F, AVX2+FMA or scalar), chosen at run
 //!   time; `POLYHEAD_CPU_PATH` forces one.
 //!
@@ -40,7 +41,7 @@ pub use simd::{simd_path, SimdPath};
 /// Runs the model's fused operations on the CPU.
 pub struct CpuBackend {
     path: SimdPath,
-    conv: conv::PackedConv,
+    conv: conv::ConvScratch,
     backward: conv_backward::BackwardScratch,
     heads: heads::HeadsScratch,
 }
@@ -68,7 +69,7 @@ impl CpuBackend {
     pub fn with_path(path: SimdPath) -> CpuBackend {
         CpuBackend {
             path,
-            conv: conv::PackedConv::default(),
+            conv: conv::ConvScratch::default(),
             backward: conv_backward::BackwardScratch::default(),
             heads: heads::HeadsScratch::default(),
         }
@@ -93,6 +94,39 @@ fn grow<T: Copy + Default>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
         buf.resize(len, T::default());
     }
     &mut buf[..len]
+}
+
+/// Buffers for each worker of the current rayon pool, grown by the calling
+/// thread before the parallel part of a call. So every allocation happens
+/// in the first call (or when sizes grow), whichever worker later gets which
+/// piece of work; each worker then locks only its own slot.
+struct PerWorker<T> {
+    slots: Vec<std::sync::Mutex<T>>,
+}
+
+impl<T: Default> PerWorker<T> {
+    fn new() -> PerWorker<T> {
+        PerWorker { slots: Vec::new() }
+    }
+
+    /// Makes a slot for every worker of the current pool and lets `grow`
+    /// size each.
+    fn prepare(&mut self, grow: impl Fn(&mut T)) {
+        let workers = rayon::current_num_threads().max(1);
+        while self.slots.len() < workers {
+            self.slots.push(std::sync::Mutex::new(T::default()));
+        }
+        for slot in &mut self.slots[..workers] {
+            grow(slot.get_mut().unwrap_or_else(|e| e.into_inner()));
+        }
+    }
+
+    /// Runs `f` on the current worker's slot.
+    fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        let index = rayon::current_thread_index().unwrap_or(0) % self.slots.len();
+        let mut slot = self.slots[index].lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut slot)
+    }
 }
 
 /// Number of convolution windows of a text with `len` real tokens.

@@ -69,10 +69,11 @@ struct Top {
 fn merge<const R: usize>(acc: &[[__m256; 2]; R], row0: usize, top: &mut Top) {
     for (i, row) in acc.iter().enumerate() {
         let index = _mm256_castsi256_ps(_mm256_set1_epi32((row0 + i) as i32));
-        for (half, &value) in row.iter().enumerate() {
-            let greater = _mm256_cmp_ps::<_CMP_GT_OQ>(value, top.best[half]);
-            top.best[half] = _mm256_blendv_ps(top.best[half], value, greater);
-            top.arg[half] = _mm256_blendv_ps(top.arg[half], index, greater);
+        let halves = row.iter().zip(top.best.iter_mut()).zip(top.arg.iter_mut());
+        for ((&z, best), arg) in halves {
+            let greater = _mm256_cmp_ps::<_CMP_GT_OQ>(z, *best);
+            *best = _mm256_blendv_ps(*best, z, greater);
+            *arg = _mm256_blendv_ps(*arg, index, greater);
         }
     }
 }

@@ -5,8 +5,10 @@
 //! into column panels: panel `p` holds columns `p * NR .. (p + 1) * NR` as `k`
 //! rows of `NR` contiguous floats (`[panels][k][NR]`, zero past the last
 //! column). A micro-kernel keeps an `MR x NR` block of `C` in registers for
-//! the whole depth `k`: per step it loads one panel row and broadcasts one
-//! value of each of the `MR` rows of `A`.
+//! the depth: per step it loads one panel row and broadcasts one value of
+//! each of the `MR` rows of `A`. For the max epilogue the depth is cut into
+//! blocks of 128 so a panel block stays in L1 while all row blocks pass over
+//! it; the sums wait in a small buffer between depth blocks.
 //!
 //! `lda` may be smaller than `k`: the convolution's rows are a text's
 //! windows, `k * D` consecutive floats of its gathered embedding rows, one
@@ -26,7 +28,7 @@
 //!
 //! | path     | MR x NR | accumulators   |
 //! |----------|---------|----------------|
-//! | avx512   | 12 x 32 | 24 zmm of 32   |
+//! | avx512   | 14 x 32 | 28 zmm of 32   |
 //! | avx2+fma |  6 x 16 | 12 ymm of 16   |
 //! | scalar   |  4 x 16 | compiler's own |
 
@@ -40,12 +42,6 @@ use super::simd::{Isa, SimdPath};
 
 /// The widest panel of any path: stack buffers of this size fit them all.
 pub const MAX_NR: usize = 32;
-
-thread_local! {
-    /// Per thread, the `[rows, NR]` partial sums of [`max_rows`] between
-    /// depth blocks; grows once.
-    static PARTIAL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
 
 /// Expands `$body` with `$rows` as a constant `$r` for each listed value, so
 /// a micro-kernel can finish the rows left over after its full `MR` blocks.
@@ -144,8 +140,15 @@ pub fn pack_bias(path: SimdPath, n: usize, out: &mut Vec<f32>, value: impl Fn(us
 /// For each of the panel's `NR` columns, the maximum over rows `0..rows` of
 /// `bias + A B` into `best`, and the first row reaching it into `arg`.
 /// Values that are not greater than `-inf` never win (`best` stays `-inf`,
-/// `arg` 0).
-pub fn max_rows(path: SimdPath, op: Operands<'_>, rows: usize, best: &mut [f32], arg: &mut [i32]) {
+/// `arg` 0). `partial` is scratch of at least `rows * NR` floats.
+pub fn max_rows(
+    path: SimdPath,
+    op: Operands<'_>,
+    rows: usize,
+    partial: &mut [f32],
+    best: &mut [f32],
+    arg: &mut [i32],
+) {
     let nr = panel_width(path);
     op.check(rows, nr);
     assert!(
@@ -153,22 +156,23 @@ pub fn max_rows(path: SimdPath, op: Operands<'_>, rows: usize, best: &mut [f32],
         "max outputs shorter than a panel"
     );
     assert!(
+        partial.len() >= rows * nr,
+        "partial sums shorter than the rows"
+    );
+    assert!(
         i32::try_from(rows).is_ok(),
         "too many rows for an i32 index"
     );
-    PARTIAL.with_borrow_mut(|partial| {
-        let partial = super::grow(partial, rows * nr);
-        match path.isa() {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: the path proves avx512f; `check`, the assertions above
-            // and `partial`'s length are the bounds the kernel relies on.
-            Isa::Avx512 => unsafe { avx512::max_rows(op, rows, partial, best, arg) },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: the path proves avx2 and fma; bounds checked as above.
-            Isa::Avx2Fma => unsafe { avx2::max_rows(op, rows, partial, best, arg) },
-            _ => scalar::max_rows(op, rows, best, arg),
-        }
-    })
+    match path.isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the path proves avx512f; `check` and the assertions above
+        // are the bounds the kernel relies on.
+        Isa::Avx512 => unsafe { avx512::max_rows(op, rows, partial, best, arg) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the path proves avx2 and fma; bounds checked as above.
+        Isa::Avx2Fma => unsafe { avx2::max_rows(op, rows, partial, best, arg) },
+        _ => scalar::max_rows(op, rows, best, arg),
+    }
 }
 
 /// A product `C [m, n] = act(A [m, k] B [k, n] + bias)` with `B` and the
@@ -341,7 +345,15 @@ mod tests {
                     bias: &bias,
                 };
                 let (mut best, mut arg) = ([0.0; MAX_NR], [0; MAX_NR]);
-                max_rows(path, op, rows, &mut best[..nr], &mut arg[..nr]);
+                let mut partial = vec![0.0; rows * nr];
+                max_rows(
+                    path,
+                    op,
+                    rows,
+                    &mut partial,
+                    &mut best[..nr],
+                    &mut arg[..nr],
+                );
                 for col in 0..nr {
                     let z = |r: usize| {
                         (0..k)
