@@ -260,6 +260,7 @@ fn train_step(
         shape,
         &w.logits,
         &batch.labels,
+        &vec![1.0; shape.sum_classes()],
         rows,
         &batch.scales,
         &mut w.dlogits,

@@ -2,6 +2,7 @@
 //
 // Layouts: logits and dlogits [B, sum C] (task i's classes at columns
 // class_offset(i) .. + C_i), labels [tasks, B] int32 (-1 = missing),
+// class_weights [sum C] (per task, per class),
 // loss_sums [tasks].
 //
 // Why fused (DESIGN.md): softmax, the loss, the label mask and the logit
@@ -12,8 +13,9 @@
 //   host loops over larger task lists), block 256 threads. Thread r handles
 //   rows r, r + 256, ...: a row without a label (or with a label outside
 //   [0, C), which the data layer never produces) gets a zero gradient;
-//   otherwise dlogits = (softmax - onehot) * grad_scale[task] and the row's
-//   loss (fp32) is added to a per-thread float64 sum. The block then sums
+//   otherwise, with w = class_weights[class_offset + label],
+//   dlogits = (softmax - onehot) * w * grad_scale[task] and the row's
+//   weighted loss (fp32) is added to a per-thread float64 sum. The block then sums
 //   the 256 partial sums with a fixed tree, so the result is deterministic.
 
 #include "common.cuh"
@@ -30,6 +32,7 @@ struct TaskTable {
 extern "C" __global__ void __launch_bounds__(kLossThreads)
     softmax_cross_entropy_f32(const float* __restrict__ logits,
                               const int* __restrict__ labels,
+                              const float* __restrict__ class_weights,
                               int rows,
                               int sum_classes,
                               int first_task,
@@ -58,10 +61,11 @@ extern "C" __global__ void __launch_bounds__(kLossThreads)
         float sum = 0.0f;
         for (int c = 0; c < classes; ++c) sum += expf(o[c] - max);
         const float log_sum = logf(sum);
-        total += (double)(log_sum - (o[label] - max));
+        const float weight = class_weights[offset + label];
+        total += (double)(weight * (log_sum - (o[label] - max)));
         for (int c = 0; c < classes; ++c) {
             float p = expf(o[c] - max - log_sum);
-            g[c] = (p - (c == label ? 1.0f : 0.0f)) * scale;
+            g[c] = (p - (c == label ? 1.0f : 0.0f)) * weight * scale;
         }
     }
 

@@ -147,6 +147,10 @@ pub struct TrainArgs {
     /// Loss weighting across tasks: equal, uncertainty, dwa, gradnorm, pcgrad, mgda-ub
     #[arg(long, default_value = "equal", value_name = "METHOD")]
     pub weighting: String,
+    /// Weigh each class in its task's loss: `balanced` (every task), TASK=balanced
+    /// (weight n / (classes * n_class)), or TASK:CLASS=W; repeatable
+    #[arg(long, value_name = "SPEC")]
+    pub class_weight: Vec<String>,
     /// Fixed weight per task's loss, e.g. topic=1,sentiment=0.5 (default 1 each)
     #[arg(long, value_delimiter = ',', value_name = "TASK=W")]
     pub task_weights: Vec<String>,

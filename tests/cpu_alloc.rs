@@ -74,6 +74,7 @@ fn a_training_step_allocates_nothing_once_warm() {
     let (mut hidden, mut logits) = (vec![0.0; rows * sum_h], vec![0.0; rows * sum_c]);
     let (mut dlogits, mut loss_sums) = (vec![0.0; rows * sum_c], vec![0.0; 2]);
     let (mut dh_tasks, mut dh) = (vec![0.0; 2 * rows * filters], vec![0.0; rows * filters]);
+    let class_weights = vec![1.0f32; shape.sum_classes()];
     let scales = [0.02f32, 0.03];
     let coeffs = [1.0f32, 1.0];
 
@@ -103,6 +104,7 @@ fn a_training_step_allocates_nothing_once_warm() {
                     &shape,
                     &logits,
                     &labels,
+                    &class_weights,
                     rows,
                     &scales,
                     &mut dlogits,

@@ -817,6 +817,12 @@ fn softmax_cross_entropy_matches_reference() {
                 }
                 scales.push(rng.uniform(2.0));
             }
+            // Class weights: all 1 half of the time, else random in [0, 2).
+            let class_weights: Vec<f32> = if rng.chance(50) {
+                vec![1.0; sum_c]
+            } else {
+                (0..sum_c).map(|_| rng.uniform(1.0) + 1.0).collect()
+            };
             let mut dlogits = nan_vec(rows * sum_c);
             let mut loss_sums = nan_vec(tasks);
             let mut cpu = CpuBackend::with_path(path);
@@ -824,6 +830,7 @@ fn softmax_cross_entropy_matches_reference() {
                 &shape,
                 &logits,
                 &labels,
+                &class_weights,
                 rows,
                 &scales,
                 &mut dlogits,
@@ -846,14 +853,16 @@ fn softmax_cross_entropy_matches_reference() {
                         .collect();
                     let max = o.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                     let log_sum = o.iter().map(|x| (x - max).exp()).sum::<f64>().ln();
-                    let term = log_sum - (o[label as usize] - max);
+                    let weight = class_weights[coff + label as usize] as f64;
+                    let term = weight * (log_sum - (o[label as usize] - max));
                     loss += term;
                     loss_mag += term.abs() + 1.0;
+                    let scale = weight * scales[i] as f64;
                     for c in 0..head.classes {
                         let p = (o[c] - max - log_sum).exp();
                         let target = if c == label as usize { 1.0 } else { 0.0 };
-                        want[b * sum_c + coff + c] = (p - target) * scales[i] as f64;
-                        magnitude[b * sum_c + coff + c] = (scales[i] as f64).abs();
+                        want[b * sum_c + coff + c] = (p - target) * scale;
+                        magnitude[b * sum_c + coff + c] = scale.abs();
                     }
                 }
                 worst = worst.max(compare("loss", &loss_sums[i..i + 1], &[loss], &[loss_mag]));
@@ -1150,6 +1159,7 @@ fn backend_step(
         shape,
         &logits,
         &labelled.labels,
+        &vec![1.0; sum_c],
         rows,
         &labelled.scales,
         &mut dlogits,
@@ -1500,6 +1510,7 @@ fn bad_input_is_a_clear_error() {
             &shape,
             &vec![0.0; 4],
             &vec![1, 2],
+            &vec![1.0; 2],
             2,
             &[1.0],
             &mut dlogits,

@@ -611,6 +611,7 @@ fn heads_and_loss_match_cpu() {
         let logits_in = rng.floats(rows * sum_c, 8.0);
         let labels = labels_for(&mut rng, s, rows);
         let scales: Vec<f32> = (0..tasks).map(|_| rng.unit().abs() + 0.1).collect();
+        let class_weights: Vec<f32> = (0..sum_c).map(|_| rng.unit().abs() + 0.5).collect();
         let logits_d = up(&gpu, &logits_in);
         let labels_d = up_ints(&gpu, &labels);
         let (mut dlogits, mut sums) = (poisoned(&gpu, rows * sum_c), poisoned(&gpu, tasks));
@@ -618,6 +619,7 @@ fn heads_and_loss_match_cpu() {
             s,
             &logits_d,
             &labels_d,
+            &up(&gpu, &class_weights),
             rows,
             &scales,
             &mut dlogits,
@@ -629,6 +631,7 @@ fn heads_and_loss_match_cpu() {
             s,
             &logits_in,
             &labels,
+            &class_weights,
             rows,
             &scales,
             &mut dlogits_c,
@@ -858,10 +861,12 @@ impl<B: Backend> Step<B> {
             &mut self.logits,
         )
         .unwrap();
+        let class_weights = up(be, &vec![1.0; s.sum_classes()]);
         be.softmax_cross_entropy(
             s,
             &self.logits,
             &self.labels,
+            &class_weights,
             rows,
             scales,
             &mut self.dlogits,

@@ -118,16 +118,20 @@ pub trait Backend {
     /// Fused softmax + masked cross-entropy + gradient of the logits.
     ///
     /// `labels [tasks, rows]`: class index, or -1 for a missing label.
-    /// `grad_scale[i]` multiplies task `i`'s logit gradient (the caller
-    /// passes `w_i / n_i`, n_i the labelled rows of task `i`, or 0 when
-    /// none). Writes `dlogits [rows, sum C]` (zero rows where the label is
-    /// missing) and `loss_sums [tasks]`: the unscaled sum of cross-entropy
-    /// over task `i`'s labelled rows.
+    /// `class_weights [sum C]` (task `i`'s classes at `class_offset(i)`)
+    /// weighs each labelled row by its gold class, `w_b`; 1 everywhere for
+    /// the plain loss. `grad_scale[i]` multiplies task `i`'s logit gradient
+    /// (the caller passes `w_i / sum_b w_b` over the labelled rows of task
+    /// `i`, or 0 when none). Writes `dlogits [rows, sum C]` =
+    /// `(softmax - onehot) * w_b * grad_scale[i]` (zero rows where the label
+    /// is missing) and `loss_sums [tasks]`: `sum_b w_b * CE_b` over task
+    /// `i`'s labelled rows.
     fn softmax_cross_entropy(
         &mut self,
         shape: &Shape,
         logits: &Self::Floats,
         labels: &Self::Ints,
+        class_weights: &Self::Floats,
         rows: usize,
         grad_scale: &[f32],
         dlogits: &mut Self::Floats,

@@ -270,7 +270,8 @@ fn train_once<B: Backend>(
             .collect(),
     };
     let task_names = config.task_names();
-    let train_config = train_config(args, &task_names)?;
+    let mut train_config = train_config(args, &task_names)?;
+    train_config.class_weights = super::train::class_weights(args, data, false)?;
     let shape = Shape::new(config.dims(data.vocab.len()));
 
     let started = Instant::now();

@@ -103,7 +103,8 @@ fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
             .collect(),
     };
     let task_names = config.task_names();
-    let train_config = train_config(args, &task_names)?;
+    let mut train_config = train_config(args, &task_names)?;
+    train_config.class_weights = class_weights(args, &data, true)?;
     let options = training_options(args);
     let fingerprint = data.fingerprint();
     let shape = crate::model::Shape::new(config.dims(data.vocab.len()));
@@ -303,6 +304,7 @@ pub(crate) fn train_config(args: &TrainArgs, task_names: &[String]) -> Result<Tr
         );
     };
     Ok(TrainConfig {
+        class_weights: None,
         sampling,
         epochs: args.epochs,
         batch_size: args.batch_size,
@@ -317,6 +319,81 @@ pub(crate) fn train_config(args: &TrainArgs, task_names: &[String]) -> Result<Tr
         checkpoint_every: args.checkpoint_every,
         monitor,
     })
+}
+
+/// Per-class loss weights from `--class-weight` (`[sum C]` in task order),
+/// or `None` when none is asked for. Specs naming a task the data lacks are
+/// an error when `strict`, else ignored (a single-task model in `compare`).
+pub(crate) fn class_weights(
+    args: &TrainArgs,
+    data: &Prepared,
+    strict: bool,
+) -> Result<Option<Vec<f32>>> {
+    if args.class_weight.is_empty() {
+        return Ok(None);
+    }
+    let mut weights: Vec<Vec<f32>> = data.tasks.iter().map(|(_, c)| vec![1.0; c.len()]).collect();
+    let task_index = |task: &str| data.tasks.iter().position(|(name, _)| name == task);
+    for spec in &args.class_weight {
+        let (target, value) = match spec.split_once('=') {
+            Some((target, value)) => (Some(target), value),
+            None => (None, spec.as_str()),
+        };
+        match (target, value) {
+            (None, "balanced") => {
+                for (task, labels) in weights.iter_mut().zip(&data.train.labels) {
+                    *task = balanced(labels, task.len());
+                }
+            }
+            (Some(task), "balanced") if !task.contains(':') => match task_index(task) {
+                Some(i) => weights[i] = balanced(&data.train.labels[i], weights[i].len()),
+                None if strict => usage!("--class-weight {spec}: no task {task:?}"),
+                None => {}
+            },
+            (Some(target), value) if target.contains(':') => {
+                let (task, class) = target.split_once(':').unwrap_or_default();
+                let Ok(w) = value.parse::<f32>() else {
+                    usage!("--class-weight {spec}: {value:?} is not a number");
+                };
+                if !(w >= 0.0 && w.is_finite()) {
+                    usage!("--class-weight {spec}: a weight must be a finite number >= 0");
+                }
+                let Some(i) = task_index(task) else {
+                    if strict {
+                        usage!("--class-weight {spec}: no task {task:?}");
+                    }
+                    continue;
+                };
+                let Some(c) = data.tasks[i].1.iter().position(|name| name == class) else {
+                    usage!("--class-weight {spec}: task {task} has no class {class:?}");
+                };
+                weights[i][c] = w;
+            }
+            _ => usage!(
+                "--class-weight: expected balanced, TASK=balanced or TASK:CLASS=W, got {spec:?}"
+            ),
+        }
+    }
+    Ok(Some(weights.concat()))
+}
+
+/// `n / (C * n_c)` for each class `c` of a task's training labels.
+fn balanced(labels: &[i32], classes: usize) -> Vec<f32> {
+    let mut counts = vec![0usize; classes];
+    for &y in labels.iter().filter(|&&y| y >= 0) {
+        counts[y as usize] += 1;
+    }
+    let n: usize = counts.iter().sum();
+    counts
+        .iter()
+        .map(|&k| {
+            if k == 0 {
+                1.0
+            } else {
+                (n as f64 / (classes * k) as f64) as f32
+            }
+        })
+        .collect()
 }
 
 /// The options that shape the trained weights, as the user gave them; a
@@ -341,6 +418,7 @@ fn training_options(args: &TrainArgs) -> Vec<(String, String)> {
         ("--weighting", args.weighting.clone()),
         ("--task-weights", args.task_weights.join(",")),
         ("--task-sampling", args.task_sampling.clone()),
+        ("--class-weight", args.class_weight.join(" ")),
         ("--gpu", args.gpu.map(|g| g.to_string()).unwrap_or_default()),
         ("--precision", args.precision.clone().unwrap_or_default()),
     ]

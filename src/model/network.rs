@@ -64,10 +64,12 @@ impl Default for AdamConfig {
 /// What one training step reports back.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct StepLosses {
-    /// Per task: sum of cross-entropy over the labelled rows of the batch.
+    /// Per task: sum of class-weighted cross-entropy over the labelled rows
+    /// of the batch.
     pub sums: Vec<f32>,
-    /// Per task: labelled rows in the batch.
-    pub counts: Vec<usize>,
+    /// Per task: the sum of the labelled rows' class weights (the number of
+    /// labelled rows when every class weighs 1).
+    pub counts: Vec<f64>,
     /// Gram matrix of the tasks' weighted gradients with respect to `h`
     /// (`tasks x tasks`), when the mix asked for it.
     pub gram: Vec<f64>,
@@ -79,7 +81,7 @@ impl StepLosses {
         self.sums
             .iter()
             .zip(&self.counts)
-            .map(|(&s, &n)| (n > 0).then(|| s as f64 / n as f64))
+            .map(|(&s, &n)| (n > 0.0).then(|| s as f64 / n))
             .collect()
     }
 }
@@ -113,8 +115,8 @@ impl StepLosses {
             .iter()
             .zip(&self.counts)
             .zip(weights)
-            .filter(|((_, &n), _)| n > 0)
-            .map(|((&s, &n), &w)| w as f64 * s as f64 / n as f64)
+            .filter(|((_, &n), _)| n > 0.0)
+            .map(|((&s, &n), &w)| w as f64 * s as f64 / n)
             .sum()
     }
 }
@@ -123,6 +125,7 @@ struct Workspace<B: Backend> {
     tokens: B::Ints,
     lengths: B::Ints,
     labels: B::Ints,
+    class_weights: B::Floats,
     h: B::Floats,
     win: B::Ints,
     hidden: B::Floats,
@@ -149,6 +152,8 @@ pub struct Network<B: Backend> {
     max_width: usize,
     ws: Workspace<B>,
     host_logits: Vec<f32>,
+    /// Weight of each class of each task in the loss (`[sum C]`), on the host.
+    class_weights: Vec<f32>,
     /// Coefficients of plain summation of the tasks' gradients.
     unit_coeffs: Vec<f32>,
 }
@@ -176,6 +181,11 @@ impl<B: Backend> Network<B> {
             tokens: backend.ints(max_rows * max_width)?,
             lengths: backend.ints(max_rows)?,
             labels: backend.ints(max_rows * tasks)?,
+            class_weights: {
+                let mut ones = backend.floats(shape.sum_classes())?;
+                backend.upload_floats(&mut ones, &vec![1.0; shape.sum_classes()])?;
+                ones
+            },
             h: backend.floats(max_rows * f)?,
             win: backend.ints(max_rows * f)?,
             hidden: backend.floats(max_rows * shape.sum_hidden())?,
@@ -198,6 +208,7 @@ impl<B: Backend> Network<B> {
             max_width,
             host_logits: vec![0.0; max_rows * shape.sum_classes()],
             unit_coeffs: vec![1.0; shape.tasks()],
+            class_weights: vec![1.0; shape.sum_classes()],
             ws,
             backend,
             shape,
@@ -208,6 +219,22 @@ impl<B: Backend> Network<B> {
         let mut out = vec![0.0; self.shape.len];
         self.backend.download_floats(&self.params, &mut out)?;
         Ok(out)
+    }
+
+    /// Sets the loss weight of every class of every task (`[sum C]`, task
+    /// `i`'s classes from `shape.class_offset(i)`); all 1 by default.
+    pub fn set_class_weights(&mut self, weights: &[f32]) -> Result<()> {
+        ensure!(
+            weights.len() == self.shape.sum_classes(),
+            "class weights of wrong size"
+        );
+        ensure!(
+            weights.iter().all(|w| w.is_finite() && *w >= 0.0),
+            "class weights must be >= 0"
+        );
+        self.class_weights.copy_from_slice(weights);
+        self.backend
+            .upload_floats(&mut self.ws.class_weights, weights)
     }
 
     /// Replaces the parameters (the optimiser state is kept).
@@ -317,24 +344,27 @@ impl<B: Backend> Network<B> {
         self.backend
             .upload_ints(&mut self.ws.labels, &batch.labels)?;
 
-        let counts: Vec<usize> = (0..tasks)
+        let counts: Vec<f64> = (0..tasks)
             .map(|i| {
+                let offset = self.shape.class_offset(i);
                 batch.labels[i * batch.rows..(i + 1) * batch.rows]
                     .iter()
                     .filter(|&&y| y >= 0)
-                    .count()
+                    .map(|&y| self.class_weights[offset + y as usize] as f64)
+                    .sum()
             })
             .collect();
         let scales: Vec<f32> = counts
             .iter()
             .zip(task_weights)
-            .map(|(&n, &w)| if n == 0 { 0.0 } else { w / n as f32 })
+            .map(|(&n, &w)| if n > 0.0 { (w as f64 / n) as f32 } else { 0.0 })
             .collect();
 
         let Workspace {
             tokens,
             lengths,
             labels,
+            class_weights,
             h,
             win,
             hidden,
@@ -349,6 +379,7 @@ impl<B: Backend> Network<B> {
             &self.shape,
             logits,
             labels,
+            class_weights,
             batch.rows,
             &scales,
             dlogits,

@@ -35,6 +35,8 @@ pub struct TrainConfig {
     pub monitor: Option<Monitor>,
     /// How batches mix rows of different input files.
     pub sampling: Sampling,
+    /// Loss weight of every class of every task (`[sum C]`); `None`: all 1.
+    pub class_weights: Option<Vec<f32>>,
 }
 
 /// Batch composition across training files.
@@ -345,6 +347,9 @@ pub fn train<B: Backend>(
         bail!("no training row has a label for any task");
     }
     let batches = rows.len().div_ceil(config.batch_size);
+    if let Some(weights) = &config.class_weights {
+        net.set_class_weights(weights)?;
+    }
     let mut batch = HostBatch::default();
     let mut mask = vec![0.0f32; config.batch_size * filters];
     let mut reports = Vec::with_capacity(config.epochs);

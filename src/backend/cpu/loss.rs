@@ -2,7 +2,8 @@
 //!
 //! One pass per (task, row) computes the maximum, the log-sum-exp, the loss
 //! term and the whole gradient `(softmax - onehot) * scale`; a missing
-//! label (-1) gives a zero gradient row and no loss. Per task, the loss is
+//! label (-1) gives a zero gradient row and no loss; a labelled row counts
+//! with its gold class's weight. Per task, the loss is
 //! summed in float64 in row order, so it does not depend on threads. The
 //! work is `rows * sum C` exponentials: small next to the encoder, so it
 //! runs on one thread.
@@ -16,6 +17,7 @@ pub fn softmax_cross_entropy(
     shape: &Shape,
     logits: &[f32],
     labels: &[i32],
+    class_weights: &[f32],
     rows: usize,
     grad_scale: &[f32],
     dlogits: &mut [f32],
@@ -46,14 +48,15 @@ pub fn softmax_cross_entropy(
                 continue;
             }
             let label = label as usize;
+            let weight = class_weights[offset + label];
             let max = o.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
             let sum: f32 = o.iter().map(|&x| (x - max).exp()).sum();
             let log_sum = sum.ln();
-            total += f64::from(log_sum - (o[label] - max));
+            total += f64::from(weight * (log_sum - (o[label] - max)));
             for (c, (gc, &x)) in g.iter_mut().zip(o).enumerate() {
                 let p = (x - max - log_sum).exp();
                 let target = if c == label { 1.0 } else { 0.0 };
-                *gc = (p - target) * scale;
+                *gc = (p - target) * weight * scale;
             }
         }
         loss_sums[i] = total as f32;

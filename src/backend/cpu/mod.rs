@@ -396,18 +396,23 @@ impl Backend for CpuBackend {
         shape: &Shape,
         logits: &Vec<f32>,
         labels: &Vec<i32>,
+        class_weights: &Vec<f32>,
         rows: usize,
         grad_scale: &[f32],
         dlogits: &mut Vec<f32>,
         loss_sums: &mut Vec<f32>,
     ) -> Result<()> {
         let tasks = shape.tasks();
+        check_len("class_weights", class_weights, shape.sum_classes())?;
         check_len("logits", logits, rows * shape.sum_classes())?;
         check_len("dlogits", dlogits, rows * shape.sum_classes())?;
         check_len("labels", labels, tasks * rows)?;
         check_len("grad_scale", grad_scale, tasks)?;
         check_len("loss_sums", loss_sums, tasks)?;
-        loss::softmax_cross_entropy(shape, logits, labels, rows, grad_scale, dlogits, loss_sums)
+        let weights = &class_weights[..shape.sum_classes()];
+        loss::softmax_cross_entropy(
+            shape, logits, labels, weights, rows, grad_scale, dlogits, loss_sums,
+        )
     }
 
     fn heads_backward(

@@ -504,6 +504,7 @@ impl Backend for CudaBackend {
         shape: &Shape,
         logits: &CudaSlice<f32>,
         labels: &CudaSlice<i32>,
+        class_weights: &CudaSlice<f32>,
         rows: usize,
         grad_scale: &[f32],
         dlogits: &mut CudaSlice<f32>,
@@ -518,6 +519,7 @@ impl Backend for CudaBackend {
         check_len("logits", logits.len(), rows * sum_c)?;
         check_len("dlogits", dlogits.len(), rows * sum_c)?;
         check_len("labels", labels.len(), tasks * rows)?;
+        check_len("class weights", class_weights.len(), sum_c)?;
         check_len("loss sums", loss_sums.len(), tasks)?;
         let (rows_i, sum_c_i) = (as_i32("rows", rows)?, as_i32("classes", sum_c)?);
         as_i32("tasks x rows", tasks * rows)?;
@@ -545,7 +547,8 @@ impl Backend for CudaBackend {
                 shared_mem_bytes: 0,
             };
             // SAFETY: logits and dlogits hold rows * sum C floats, labels
-            // tasks * rows ints, loss_sums tasks floats (all checked);
+            // tasks * rows ints, class_weights sum C and loss_sums tasks
+            // floats (all checked);
             // every class range lies inside sum C by Shape; argument order
             // matches softmax_cross_entropy_f32.
             unsafe {
@@ -553,6 +556,7 @@ impl Backend for CudaBackend {
                     .launch_builder(&function)
                     .arg(logits)
                     .arg(labels)
+                    .arg(class_weights)
                     .arg(&rows_i)
                     .arg(&sum_c_i)
                     .arg(&first_i)
