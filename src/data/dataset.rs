@@ -87,7 +87,7 @@ pub fn label_maps(table: &Table, tasks: &[String]) -> Result<Vec<LabelMap>, Data
             let classes: BTreeSet<&str> = table
                 .rows
                 .iter()
-                .filter_map(|r| r.cells[column].as_deref())
+                .filter_map(|r| r.cell(column))
                 .map(str::trim)
                 .collect();
             if classes.is_empty() {
@@ -149,7 +149,7 @@ pub fn encode_table(
     for row in &table.rows {
         for (i, column) in task_columns.iter().enumerate() {
             row_labels[i] = -1;
-            let Some(label) = column.and_then(|c| row.cells[c].as_deref()) else {
+            let Some(label) = column.and_then(|c| row.cell(c)) else {
                 continue;
             };
             let label = label.trim();
@@ -170,7 +170,7 @@ pub fn encode_table(
         }
 
         ids.clear();
-        if let Some(text) = &row.cells[text_column] {
+        if let Some(text) = row.cell(text_column) {
             tokenizer.for_each_token(text, |t| {
                 if ids.len() < options.max_len {
                     ids.push(vocab.id(t));
@@ -257,7 +257,7 @@ fn label_warnings(table: &Table, maps: &[LabelMap], columns: &[Option<usize>]) -
         let labelled = table
             .rows
             .iter()
-            .filter(|r| r.cells[*column].is_some())
+            .filter(|r| r.cell(*column).is_some())
             .count();
         if map.classes.len() == 1 {
             warnings.push(format!(

@@ -29,7 +29,7 @@ impl Vocab {
         let column = column_index(table, text_column)?;
         let mut counts: HashMap<String, usize> = HashMap::new();
         for row in &table.rows {
-            if let Some(text) = &row.cells[column] {
+            if let Some(text) = row.cell(column) {
                 tokenizer.for_each_token(text, |t| {
                     if let Some(n) = counts.get_mut(t) {
                         *n += 1;
@@ -101,9 +101,26 @@ impl Vocab {
 /// file, the column and the columns it has.
 pub fn column_index(table: &Table, name: &str) -> Result<usize, DataError> {
     table.columns.iter().position(|c| c == name).ok_or_else(|| {
-        let msg = format!("no column {name:?} (columns: {})", table.columns.join(", "));
+        let msg = format!(
+            "no column {name:?} (columns: {})",
+            column_list(&table.columns)
+        );
         DataError::new(&table.source, None, msg)
     })
+}
+
+/// The column names for a message: all of them, or the first few of a
+/// header too wide to print on one line.
+pub fn column_list(columns: &[String]) -> String {
+    const SHOWN: usize = 20;
+    if columns.len() <= SHOWN {
+        return columns.join(", ");
+    }
+    format!(
+        "{}, ... ({} in all)",
+        columns[..SHOWN].join(", "),
+        columns.len()
+    )
 }
 
 #[cfg(test)]
