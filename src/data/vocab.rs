@@ -2,7 +2,7 @@
 //! frequent first, ties broken by byte-wise (UTF-8) order, so the same data
 //! gives the same ids on every run and every thread count.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::data::table::{DataError, Table};
 use crate::data::tokenizer::Tokenizer;
@@ -66,15 +66,13 @@ impl Vocab {
     /// The vocabulary stored in a model file; the specials must come first
     /// and no word may repeat.
     pub fn from_words(words: Vec<String>) -> Result<Vocab, String> {
-        if words.len() < 2 || words[0] != "<pad>" || words[1] != "<unk>" {
-            return Err("the vocabulary must start with \"<pad>\", \"<unk>\"".to_string());
-        }
-        let mut ids = HashMap::with_capacity(words.len());
-        for (i, w) in words.iter().enumerate().skip(2) {
-            if ids.insert(w.clone(), i as i32).is_some() {
-                return Err(format!("word {w:?} appears twice in the vocabulary"));
-            }
-        }
+        check_words(&words)?;
+        let ids = words
+            .iter()
+            .enumerate()
+            .skip(2)
+            .map(|(i, w)| (w.clone(), i as i32))
+            .collect();
         Ok(Vocab { words, ids })
     }
 
@@ -95,6 +93,18 @@ impl Vocab {
     pub fn is_empty(&self) -> bool {
         self.words.len() <= 2
     }
+}
+
+/// Checks a stored vocabulary: the specials first, no word twice.
+pub fn check_words(words: &[String]) -> Result<(), String> {
+    if words.len() < 2 || words[0] != "<pad>" || words[1] != "<unk>" {
+        return Err("the vocabulary must start with \"<pad>\", \"<unk>\"".to_string());
+    }
+    let mut seen = HashSet::with_capacity(words.len());
+    if let Some(w) = words.iter().find(|w| !seen.insert(w.as_str())) {
+        return Err(format!("word {w:?} appears twice in the vocabulary"));
+    }
+    Ok(())
 }
 
 /// The index of `name` among the table's columns, or an error naming the
