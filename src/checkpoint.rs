@@ -185,6 +185,35 @@ impl Checkpoint {
     }
 }
 
+impl Checkpoint {
+    /// The run's position must lie within its data: at most
+    /// `batches_per_epoch` batches done in the epoch, and no more Adam
+    /// steps than batches trained so far (a damaged count would skip the
+    /// rest of the data or overflow the step counter).
+    pub fn check_progress(&self, batches_per_epoch: usize) -> Result<()> {
+        let run = &self.run;
+        if run.batches_done > batches_per_epoch {
+            bail!(
+                "{} batches of epoch {} are done, but an epoch has {batches_per_epoch}",
+                run.batches_done,
+                run.epoch
+            );
+        }
+        let trained = (run.epoch as u64 - 1)
+            .checked_mul(batches_per_epoch as u64)
+            .and_then(|n| n.checked_add(run.batches_done as u64));
+        if trained.is_none_or(|n| self.step > n) {
+            bail!(
+                "{} Adam steps recorded, more than the batches trained up to epoch {}, batch {}",
+                self.step,
+                run.epoch,
+                run.batches_done
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Largest run-state file read: parameters and two moments of the largest
 /// model, plus metadata.
 const MAX_STATE_BYTES: u64 = 4 * MAX_FILE_BYTES;

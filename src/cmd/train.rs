@@ -112,10 +112,12 @@ fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
 
     let (mut net, mut state) = match resumed {
         Some(checkpoint) => {
+            let batches = data.train.rows().div_ceil(args.batch_size);
             check_resumable(
                 &checkpoint,
                 &options,
                 &fingerprint,
+                batches,
                 &state_path(args.resume.as_ref().unwrap()),
             )?;
             let mut net =
@@ -342,6 +344,7 @@ fn check_resumable(
     checkpoint: &Checkpoint,
     options: &[(String, String)],
     fingerprint: &str,
+    batches_per_epoch: usize,
     state_file: &Path,
 ) -> Result<()> {
     let shown = state_file.display();
@@ -361,6 +364,9 @@ fn check_resumable(
     if checkpoint.data_fingerprint != fingerprint {
         bail!("--resume: the training data differs from the run being resumed ({shown})");
     }
+    checkpoint
+        .check_progress(batches_per_epoch)
+        .with_context(|| format!("{shown}: not a usable run state"))?;
     Ok(())
 }
 
