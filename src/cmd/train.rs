@@ -51,6 +51,16 @@ fn check_args(args: &TrainArgs) -> Result<()> {
     if !(0.0..1.0).contains(&args.dropout) {
         usage!("--dropout must be in [0, 1), got {}", args.dropout);
     }
+    // Found now rather than when the first epoch is saved.
+    if let Some(out) = &args.out {
+        if out.is_dir() {
+            usage!("--out {}: is a directory; give a file name", out.display());
+        }
+        let folder = out.parent().filter(|p| !p.as_os_str().is_empty());
+        if folder.is_some_and(|f| !f.is_dir()) {
+            usage!("--out {}: the folder does not exist", out.display());
+        }
+    }
     Ok(())
 }
 
