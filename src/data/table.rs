@@ -426,10 +426,7 @@ fn read_text_bytes<R: Read>(mut reader: R, source: &str) -> Result<Vec<u8>, Data
 
 fn read_csv<R: BufRead>(reader: R, source: &str) -> Result<Table, DataError> {
     let bytes = read_text_bytes(reader, source)?;
-    if let Some(line) = unclosed_quote(&bytes) {
-        let msg = "a quoted field opened here is never closed";
-        return Err(DataError::new(source, Some(line), msg));
-    }
+    check_csv_lines(source, &bytes)?;
 
     let mut csv = csv::ReaderBuilder::new()
         .has_headers(false)
@@ -487,11 +484,13 @@ fn csv_error(source: &str, line: usize, e: csv::Error) -> DataError {
     DataError::new(source, Some(line), format!("malformed CSV: {e}"))
 }
 
-/// The csv reader takes a quote left open to the end of the input as a
-/// field running to the end; in a table of texts and labels that is always
-/// a mistake, so it is found first: the line where the open quote started.
-fn unclosed_quote(bytes: &[u8]) -> Option<usize> {
-    let (mut line, mut opened_at) = (1, None);
+/// Two things the csv reader accepts that a table of texts and labels
+/// never means: a quote left open to the end of the input (read as a field
+/// running to the end; reported at the line where it opened), and a bare
+/// CR ending a line outside quotes (the reader counts only LF, so every
+/// record would claim line 1).
+fn check_csv_lines(source: &str, bytes: &[u8]) -> Result<(), DataError> {
+    let (mut line, mut line_start, mut opened_at) = (1, 0, None);
     let mut at_field_start = true;
     let mut i = 0;
     while i < bytes.len() {
@@ -502,7 +501,12 @@ fn unclosed_quote(bytes: &[u8]) -> Option<usize> {
                 b',' => at_field_start = true,
                 b'\n' => {
                     line += 1;
+                    line_start = i + 1;
                     at_field_start = true;
+                }
+                b'\r' if bytes.get(i + 1) != Some(&b'\n') && i + 1 < bytes.len() => {
+                    let text = std::str::from_utf8(&bytes[line_start..i]).unwrap_or_default();
+                    return check_no_bare_cr(source, line, &format!("{text}\r"));
                 }
                 b'\r' => {}
                 _ => at_field_start = false,
@@ -513,13 +517,22 @@ fn unclosed_quote(bytes: &[u8]) -> Option<usize> {
                     opened_at = None;
                     at_field_start = false;
                 }
-                b'\n' => line += 1,
+                b'\n' => {
+                    line += 1;
+                    line_start = i + 1;
+                }
                 _ => {}
             },
         }
         i += 1;
     }
-    opened_at
+    match opened_at {
+        Some(line) => {
+            let msg = "a quoted field opened here is never closed";
+            Err(DataError::new(source, Some(line), msg))
+        }
+        None => Ok(()),
+    }
 }
 
 fn read_jsonl<R: BufRead>(reader: R, source: &str) -> Result<Table, DataError> {
