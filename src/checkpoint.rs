@@ -248,7 +248,7 @@ fn check_run(run: &serde_json::Value, tasks: usize) -> Result<()> {
             _ => bail!("{name} must be a list of {tasks} values, one per task"),
         }
     };
-    if !run["epoch"].as_u64().is_some_and(|e| e >= 1) {
+    if run["epoch"].as_u64().is_none_or(|e| e < 1) {
         bail!("epoch must be a number from 1");
     }
     per_task("mix_total", &run["mix_total"])?;

@@ -125,6 +125,12 @@ const DATA_CASES: &[Case] = &[
         1,
         &[":1:11: carriage return (CR)"],
     ),
+    case(
+        "csv_crlf_error_line.csv",
+        Train,
+        1,
+        &[":5: row has 3 fields, the header has 2"],
+    ),
     // Ragged rows and quoting.
     case(
         "row_short.tsv",
@@ -319,6 +325,23 @@ const DATA_CASES: &[Case] = &[
         &["no column \"text\" (columns: topic, body)"],
     ),
 ];
+
+/// CSV records after CRLF line ends (and blank lines) are numbered by the
+/// line they start on: the csv reader alone numbers them a line early.
+#[test]
+fn crlf_csv_records_keep_their_lines() {
+    let dir = scratch("hostile-crlf-lines");
+    let file = "csv_crlf_records.csv";
+    copy_into(&dir, &corpus("data").join(file), file);
+    let model = corpus("models").join("good.safetensors");
+    let run = polyhead(&dir, &["predict", "--model", model.to_str().unwrap(), file]).ok();
+    let lines: Vec<i64> = common::json_lines(&run.stdout)
+        .iter()
+        .map(|r| r["line"].as_i64().unwrap())
+        .collect();
+    assert_eq!(lines, [2, 3, 6]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
 
 /// `predict --model FILE` on each damaged model: fragments of the error.
 const MODEL_CASES: &[(&str, &str)] = &[
@@ -834,6 +857,7 @@ fn every_corpus_file_has_a_case() {
         .chain(STATE_CASES.iter().map(|(f, _, _)| *f))
         .chain([
             "make_corpus.py",
+            "csv_crlf_records.csv",
             "good.safetensors",
             "predict.txt",
             "train.tsv",

@@ -5,14 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use polyhead::model::Model;
 
-fuzz_target!(|bytes: &[u8]| {
-    if let Ok(model) = Model::from_bytes(bytes) {
-        assert!(model.params.len() * 4 <= bytes.len(), "more parameters than bytes");
-        assert!(model.params.iter().all(|v| v.is_finite()));
-        let saved = model.to_bytes().expect("a loaded model saves");
-        let back = Model::from_bytes(&saved).expect("a saved model loads");
-        assert_eq!(back, model, "save and load changed the model");
-    }
-});
+mod checks;
+
+fuzz_target!(|bytes: &[u8]| checks::model_file(bytes));

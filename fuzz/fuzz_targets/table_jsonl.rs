@@ -6,7 +6,6 @@
 use libfuzzer_sys::fuzz_target;
 use polyhead::data::table::Format;
 
-#[path = "table_invariants.rs"]
-mod table_invariants;
+mod checks;
 
-fuzz_target!(|bytes: &[u8]| table_invariants::check(bytes, Format::Jsonl));
+fuzz_target!(|bytes: &[u8]| checks::table(bytes, Format::Jsonl));

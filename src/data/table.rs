@@ -436,13 +436,13 @@ fn read_csv<R: BufRead>(reader: R, source: &str) -> Result<Table, DataError> {
     let mut columns: Vec<String> = Vec::new();
     let (mut rows, mut blank_cells) = (Vec::new(), 0);
     loop {
-        let start_line = csv.position().line() as usize;
+        let start = csv.position().clone();
         match csv.read_byte_record(&mut record) {
             Ok(false) => break,
             Ok(true) => {}
-            Err(e) => return Err(csv_error(source, start_line, e)),
+            Err(e) => return Err(csv_error(source, &bytes, &start, e)),
         }
-        let line = record.position().map_or(start_line, |p| p.line() as usize);
+        let line = record_line(&bytes, record.position().unwrap_or(&start));
         if record.as_slice().len() > MAX_LINE_BYTES {
             let msg = format!("record longer than {} MiB", MAX_LINE_BYTES >> 20);
             return Err(DataError::new(source, Some(line), msg));
@@ -479,9 +479,22 @@ fn read_csv<R: BufRead>(reader: R, source: &str) -> Result<Table, DataError> {
     })
 }
 
-fn csv_error(source: &str, line: usize, e: csv::Error) -> DataError {
-    let line = e.position().map_or(line, |p| p.line() as usize);
+fn csv_error(source: &str, bytes: &[u8], start: &csv::Position, e: csv::Error) -> DataError {
+    let line = record_line(bytes, e.position().unwrap_or(start));
     DataError::new(source, Some(line), format!("malformed CSV: {e}"))
+}
+
+/// The line a record starts on. The csv reader gives the position where it
+/// began looking for the record: after a CRLF that is the LF still on the
+/// line before, and blank lines come before the record too, so line ends
+/// at that position are stepped over.
+fn record_line(bytes: &[u8], position: &csv::Position) -> usize {
+    let mut line = position.line() as usize;
+    let rest = bytes.get(position.byte() as usize..).unwrap_or_default();
+    for &b in rest.iter().take_while(|&&b| b == b'\r' || b == b'\n') {
+        line += usize::from(b == b'\n');
+    }
+    line
 }
 
 /// Two things the csv reader accepts that a table of texts and labels

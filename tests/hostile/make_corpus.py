@@ -53,6 +53,8 @@ def data_files():
         # Line ends.
         "crlf_mixed_with_lf.tsv": b"text\ttopic\r\na b\tx\r\nc d\ty\nd e\tx\r\n",
         "cr_only.tsv": b"text\ttopic\ra\tx\rb\ty\r",
+        "csv_crlf_error_line.csv": b"text,topic\r\na,x\r\n\r\nb,y\r\nc,x,z\r\n",
+        "csv_crlf_records.csv": b'text,topic\r\na,x\r\n"two\r\nlines",y\r\n\r\nc,x\r\n',
         "cr_only.jsonl": b'{"text": "a", "topic": "x"}\r{"text": "b", "topic": "y"}\r',
         # Rows and quoting.
         "row_short.tsv": b"text\ttopic\tmood\na\tx\tp\nb\n c\ty\tq\n",
