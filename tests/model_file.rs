@@ -23,7 +23,10 @@ fn load_error(name: &str) -> String {
 #[test]
 fn valid_safetensors_without_polyhead_metadata_is_not_a_model() {
     let text = load_error("good.safetensors");
-    assert!(text.contains("metadata has no \"format\" entry"), "{text}");
+    assert!(
+        text.contains("metadata \"format\" is \"pt\", not \"polyhead\""),
+        "{text}"
+    );
 }
 
 #[test]

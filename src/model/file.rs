@@ -399,7 +399,7 @@ mod tests {
                 TaskConfig {
                     name: "mood".into(),
                     hidden: 2,
-                    classes: vec!["x".into(); 3],
+                    classes: vec!["x".into(), "y".into(), "z".into()],
                 },
             ],
         };
