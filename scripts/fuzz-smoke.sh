@@ -26,7 +26,8 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
 fi
 
-# The corpus each target starts from.
+# The corpus each target starts from: the stored hostile inputs and every
+# input the target once crashed on (tests/hostile/fuzz/<target>/).
 seeds() {
     case "$1" in
         table_*|tokenizer) echo tests/hostile/data tests/fixtures/cases ;;
@@ -34,6 +35,9 @@ seeds() {
         run_state) echo tests/hostile/state ;;
         *) echo "fuzz-smoke: unknown target $1" >&2; return 1 ;;
     esac
+    if [ -d "tests/hostile/fuzz/$1" ]; then
+        echo "tests/hostile/fuzz/$1"
+    fi
 }
 
 cargo fuzz build --sanitizer none
