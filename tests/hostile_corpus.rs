@@ -776,6 +776,18 @@ fn model_path_that_is_not_a_file() {
     );
     assert!(failure.is_none(), "{failure:?}");
 
+    // A named pipe would block the opening until a writer came.
+    let fifo = std::process::Command::new("mkfifo")
+        .arg(dir.join("pipe.safetensors"))
+        .status();
+    if fifo.is_ok_and(|s| s.success()) {
+        let run = polyhead(&dir, &["predict", "--model", "pipe.safetensors", "in.txt"]);
+        let failure = verdict("pipe.safetensors", &run, 1, &["it is not a regular file"]);
+        assert!(failure.is_none(), "{failure:?}");
+    } else {
+        println!("model_path_that_is_not_a_file: named pipe skipped: no mkfifo");
+    }
+
     if Path::new("/dev/zero").exists() {
         let run = polyhead(&dir, &["predict", "--model", "/dev/zero", "in.txt"]);
         let failure = verdict("/dev/zero", &run, 1, &["it is not a regular file"]);

@@ -227,10 +227,10 @@ impl Model {
 }
 
 /// Reads a whole regular file of at most `limit` bytes. A directory, a
-/// device or a pipe is refused: reading `/dev/zero` would never end.
+/// device or a pipe is refused, before opening it: reading `/dev/zero`
+/// would never end, and opening a named pipe waits for a writer.
 pub fn read_regular_file(path: &Path, limit: u64) -> Result<Vec<u8>> {
-    let file = File::open(path)?;
-    let info = file.metadata()?;
+    let info = std::fs::metadata(path)?;
     if info.is_dir() {
         bail!("it is a directory, not a file");
     }
@@ -244,7 +244,7 @@ pub fn read_regular_file(path: &Path, limit: u64) -> Result<Vec<u8>> {
         );
     }
     let mut bytes = Vec::with_capacity(info.len() as usize);
-    file.take(limit + 1).read_to_end(&mut bytes)?;
+    File::open(path)?.take(limit + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > limit {
         bail!("it grew past {limit} bytes while being read");
     }
