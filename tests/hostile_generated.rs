@@ -212,3 +212,22 @@ fn out_path_that_cannot_be_written_is_refused_before_training() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Sizes past what the loader accepts would train a model nothing can load.
+#[test]
+fn sizes_the_loader_would_refuse_are_refused_before_training() {
+    let dir = scratch("gen-sizes");
+    std::fs::write(dir.join("t.tsv"), "text\ttopic\na\tx\nb\ty\n").unwrap();
+    for flag in [
+        "--max-len",
+        "--embed-dim",
+        "--filters",
+        "--kernel-size",
+        "--hidden",
+    ] {
+        let run = polyhead(&dir, &["train", "--data", "t.tsv", flag, "65537"]).fails(2);
+        let expected = format!("{flag} must be at most 65536, got 65537");
+        assert!(run.stderr.contains(&expected), "{}", run.stderr);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

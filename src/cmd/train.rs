@@ -13,6 +13,7 @@ use crate::backend::Backend;
 use crate::checkpoint::{state_path, Checkpoint};
 use crate::cli::TrainArgs;
 use crate::fsutil::remove_stale_temporaries;
+use crate::model::file::MAX_SIZE;
 use crate::model::init::initial_params;
 use crate::model::network::{AdamConfig, Network};
 use crate::model::{Model, ModelConfig, TaskConfig};
@@ -43,6 +44,20 @@ fn check_args(args: &TrainArgs) -> Result<()> {
     for (flag, value) in positive {
         if value == 0 {
             usage!("{flag} must be at least 1");
+        }
+    }
+    // Sizes past what a model file may hold would train a model no command
+    // can load.
+    let sizes = [
+        ("--embed-dim", args.embed_dim),
+        ("--filters", args.filters),
+        ("--kernel-size", args.kernel_size),
+        ("--hidden", args.hidden),
+        ("--max-len", args.max_len),
+    ];
+    for (flag, value) in sizes {
+        if value > MAX_SIZE {
+            usage!("{flag} must be at most {MAX_SIZE}, got {value}");
         }
     }
     if !(args.lr > 0.0 && args.lr.is_finite()) {

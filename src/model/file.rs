@@ -31,6 +31,11 @@ use crate::model::{Dims, HeadDims, Shape};
 
 pub const FORMAT_VERSION: u32 = 1;
 
+/// Largest size a model may have in any dimension (width, filters, kernel,
+/// hidden units, text length): a bound on what a file can make the
+/// loader allocate, and on what training accepts.
+pub const MAX_SIZE: usize = 1 << 16;
+
 /// Largest model file read (a guard against reading a wrong, huge file).
 pub const MAX_FILE_BYTES: u64 = 8 << 30;
 
@@ -351,7 +356,7 @@ pub fn check_config(config: &ModelConfig) -> Result<()> {
         ("max_len", config.max_len),
     ];
     for (name, value) in sizes {
-        if value == 0 || value > 1 << 16 {
+        if value == 0 || value > MAX_SIZE {
             bail!("config {name} = {value} is out of range");
         }
     }
@@ -363,7 +368,7 @@ pub fn check_config(config: &ModelConfig) -> Result<()> {
         if !names.insert(task.name.as_str()) {
             bail!("config lists task {:?} twice", task.name);
         }
-        if task.classes.is_empty() || task.hidden == 0 || task.hidden > 1 << 16 {
+        if task.classes.is_empty() || task.hidden == 0 || task.hidden > MAX_SIZE {
             bail!(
                 "task {} has {} classes and hidden {}",
                 task.name,
