@@ -2,6 +2,9 @@
 //! which replays the inputs the fuzzer once crashed on (kept under
 //! tests/hostile/fuzz/<target>/) without needing cargo-fuzz.
 
+// Each target, and the replay test, uses only some of these.
+#![allow(dead_code)]
+
 use std::collections::HashSet;
 
 use polyhead::checkpoint::Checkpoint;
