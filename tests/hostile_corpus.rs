@@ -110,6 +110,12 @@ const DATA_CASES: &[Case] = &[
         1,
         &[":3:1: byte-order mark"],
     ),
+    case(
+        "bom_twice_at_start.tsv",
+        Train,
+        1,
+        &[":1:1: byte-order mark (U+FEFF)"],
+    ),
     // Line ends: LF and CRLF mixed are fine, CR alone is refused.
     case(
         "crlf_mixed_with_lf.tsv",

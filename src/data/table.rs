@@ -187,9 +187,10 @@ fn skip_bom<R: Read>(reader: &mut BufReader<R>, source: &str) -> Result<(), Data
     Ok(())
 }
 
-/// A byte-order mark belongs at the start of a file only; one at the start
-/// of a later line is what joining files with `cat` leaves behind, and would
-/// otherwise turn a header into a data row or a label into a new class.
+/// A byte-order mark belongs at the start of a file only (where it was
+/// already skipped); one at the start of a line is what joining files with
+/// `cat` leaves behind, and would otherwise turn a header into a data row
+/// or a label into a new class.
 fn check_no_inner_bom(source: &str, line: usize, text: &str) -> Result<(), DataError> {
     if text.starts_with('\u{FEFF}') {
         let msg = "byte-order mark (U+FEFF) at the start of a line inside the file: \
@@ -356,9 +357,7 @@ fn read_tsv<R: BufRead>(reader: R, source: &str) -> Result<Table, DataError> {
             Some((_, header)) if header.trim().is_empty() => continue,
             Some((line, header)) => {
                 check_no_bare_cr(source, line, &header)?;
-                if line > 1 {
-                    check_no_inner_bom(source, line, &header)?;
-                }
+                check_no_inner_bom(source, line, &header)?;
                 break header
                     .split('\t')
                     .map(|c| c.trim().to_string())
@@ -460,9 +459,7 @@ fn read_csv<R: BufRead>(reader: R, source: &str) -> Result<Table, DataError> {
         if fields.len() == 1 && fields[0].trim().is_empty() {
             continue;
         }
-        if line > 1 {
-            check_no_inner_bom(source, line, &fields[0])?;
-        }
+        check_no_inner_bom(source, line, &fields[0])?;
         if columns.is_empty() {
             columns = fields.iter().map(|c| c.trim().to_string()).collect();
             continue;

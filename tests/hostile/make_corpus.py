@@ -49,6 +49,7 @@ def data_files():
         "bom_in_header.csv": BOM + b"text,topic\na b,x\nc d,y\n",
         "bom_middle_line.tsv": b"topic\ttext\nx\ta b\n" + BOM + b"y\tc d\n",
         "bom_joined_files.tsv": BOM + b"text\ttopic\na\tx\n" + BOM + b"text\ttopic\nb\ty\n",
+        "bom_twice_at_start.tsv": BOM + BOM + b"text\ttopic\na\tx\n",
         "bom_middle_record.csv": b"text,topic\na,x\n" + BOM + b"b,y\n",
         # Line ends.
         "crlf_mixed_with_lf.tsv": b"text\ttopic\r\na b\tx\r\nc d\ty\nd e\tx\r\n",
