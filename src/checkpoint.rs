@@ -12,11 +12,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use safetensors::tensor::{Dtype, TensorView};
+use safetensors::tensor::{Dtype, Metadata, TensorView};
 use safetensors::SafeTensors;
 
 use crate::fsutil::write_atomic;
-use crate::model::ModelConfig;
+use crate::model::file::{check_config, parse_vocab, read_f32s, read_regular_file, MAX_FILE_BYTES};
+use crate::model::{ModelConfig, Shape};
 use crate::train::RunState;
 
 const FORMAT: &str = "polyhead-state";
@@ -89,62 +90,185 @@ impl Checkpoint {
 
     pub fn load(path: &Path) -> Result<Checkpoint> {
         let shown = path.display();
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read the run state {shown}"))?;
+        let bytes = read_regular_file(path, MAX_STATE_BYTES)
+            .with_context(|| format!("cannot read the run state {shown}"))?;
         Checkpoint::from_bytes(&bytes).with_context(|| format!("{shown}: not a usable run state"))
     }
 
-    fn from_bytes(bytes: &[u8]) -> Result<Checkpoint> {
-        let (_, header) = SafeTensors::read_metadata(bytes)
+    /// The state in `bytes`, validated as fully as a model file: the
+    /// configuration and vocabulary, the tensors against the parameter
+    /// count they imply (checked before anything is read), finite values,
+    /// and the run state's per-task lists against the number of tasks.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Checkpoint> {
+        let (header_len, header) = SafeTensors::read_metadata(bytes)
             .map_err(|e| anyhow::anyhow!("invalid safetensors file: {e}"))?;
-        let tensors = SafeTensors::deserialize(bytes)
-            .map_err(|e| anyhow::anyhow!("invalid safetensors file: {e}"))?;
-        let meta = header.metadata().clone().unwrap_or_default();
+        let data = &bytes[8 + header_len..];
+        let meta = header.metadata().as_ref();
         let field = |key: &str| -> Result<&String> {
-            meta.get(key)
+            meta.and_then(|m| m.get(key))
                 .with_context(|| format!("metadata has no \"{key}\" entry"))
         };
         if field("format")? != FORMAT || field("format_version")? != &FORMAT_VERSION.to_string() {
             bail!("not a polyhead run state of format version {FORMAT_VERSION}");
         }
+        let config: ModelConfig =
+            serde_json::from_str(field("config")?).context("metadata \"config\" is not valid")?;
+        check_config(&config)?;
+
+        // The parameter count bounds the vocabulary (V * D <= count) before
+        // it is read, as the embedding's rows do in a model file.
+        let count = flat_len(&header, "params")?;
+        let Some(words) = vocab_size_for(&config, count) else {
+            bail!("tensor params holds {count} values: no vocabulary size gives that many");
+        };
+        let vocab = parse_vocab(field("vocab")?, words, "words the parameter count implies")?;
+        let shape = Shape::new(config.dims(vocab.len()));
+        let mut tensors = Vec::with_capacity(3);
+        for name in ["params", "adam.m", "adam.v"] {
+            let len = flat_len(&header, name)?;
+            if len != shape.len {
+                bail!(
+                    "tensor {name} holds {len} values, the configuration needs {}",
+                    shape.len
+                );
+            }
+            let (start, end) = header
+                .info(name)
+                .map(|i| i.data_offsets)
+                .unwrap_or_default();
+            let mut values = vec![0.0f32; len];
+            read_f32s(&data[start..end], &mut values);
+            if values.iter().any(|v| !v.is_finite()) {
+                bail!("tensor {name} holds a non-finite value");
+            }
+            tensors.push(values);
+        }
+        if tensors[2].iter().any(|&v| v < 0.0) {
+            bail!("tensor adam.v holds a negative value (a second moment cannot be)");
+        }
+        if header.tensors().len() != 3 {
+            let extra = header
+                .offset_keys()
+                .into_iter()
+                .find(|n| !["params", "adam.m", "adam.v"].contains(&n.as_str()));
+            bail!("unexpected tensor {}", extra.unwrap_or_default());
+        }
+
         let options: serde_json::Map<String, serde_json::Value> =
             serde_json::from_str(field("options")?).context("metadata \"options\" is not valid")?;
-        let read = |name: &str| -> Result<Vec<f32>> {
-            let view = tensors
-                .tensor(name)
-                .map_err(|_| anyhow::anyhow!("tensor {name} is missing"))?;
-            if view.dtype() != Dtype::F32 || view.shape().len() != 1 {
-                bail!("tensor {name} must be a flat F32 tensor");
-            }
-            Ok(view
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect())
-        };
-        let (params, m, v) = (read("params")?, read("adam.m")?, read("adam.v")?);
-        if m.len() != params.len() || v.len() != params.len() {
-            bail!("the Adam moments do not match the parameters in size");
-        }
+        let options = options
+            .into_iter()
+            .map(|(k, v)| match v {
+                serde_json::Value::String(v) => Ok((k, v)),
+                _ => bail!("metadata \"options\": {k} is not a string"),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let run: serde_json::Value =
+            serde_json::from_str(field("run")?).context("metadata \"run\" is not valid")?;
+        check_run(&run, config.tasks.len()).context("metadata \"run\" is not valid")?;
+        let v = tensors.pop().unwrap_or_default();
+        let m = tensors.pop().unwrap_or_default();
+        let params = tensors.pop().unwrap_or_default();
         Ok(Checkpoint {
-            run: serde_json::from_str(field("run")?).context("metadata \"run\" is not valid")?,
+            run: serde_json::from_value(run).context("metadata \"run\" is not valid")?,
             step: field("step")?
                 .parse()
                 .context("metadata \"step\" is not a number")?,
-            config: serde_json::from_str(field("config")?)
-                .context("metadata \"config\" is not valid")?,
-            vocab: serde_json::from_str(field("vocab")?)
-                .context("metadata \"vocab\" is not valid")?,
-            options: options
-                .into_iter()
-                .map(|(k, v)| (k, v.as_str().unwrap_or("").to_string()))
-                .collect(),
+            config,
+            vocab,
+            options,
             data_fingerprint: field("data_fingerprint")?.clone(),
             params,
             m,
             v,
         })
     }
+}
+
+impl Checkpoint {
+    /// The run's position must lie within its data: at most
+    /// `batches_per_epoch` batches done in the epoch, and no more Adam
+    /// steps than batches trained so far (a damaged count would skip the
+    /// rest of the data or overflow the step counter).
+    pub fn check_progress(&self, batches_per_epoch: usize) -> Result<()> {
+        let run = &self.run;
+        if run.batches_done > batches_per_epoch {
+            bail!(
+                "{} batches of epoch {} are done, but an epoch has {batches_per_epoch}",
+                run.batches_done,
+                run.epoch
+            );
+        }
+        let trained = (run.epoch as u64 - 1)
+            .checked_mul(batches_per_epoch as u64)
+            .and_then(|n| n.checked_add(run.batches_done as u64));
+        if trained.is_none_or(|n| self.step > n) {
+            bail!(
+                "{} Adam steps recorded, more than the batches trained up to epoch {}, batch {}",
+                self.step,
+                run.epoch,
+                run.batches_done
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Largest run-state file read: parameters and two moments of the largest
+/// model, plus metadata.
+const MAX_STATE_BYTES: u64 = 4 * MAX_FILE_BYTES;
+
+/// The length of the flat F32 tensor `name`.
+fn flat_len(header: &Metadata, name: &str) -> Result<usize> {
+    let info = header
+        .info(name)
+        .with_context(|| format!("tensor {name} is missing"))?;
+    match info.shape[..] {
+        [len] if info.dtype == Dtype::F32 => Ok(len),
+        _ => bail!(
+            "tensor {name} is {:?} {:?}, expected a flat F32 tensor",
+            info.dtype,
+            info.shape
+        ),
+    }
+}
+
+/// The vocabulary size at which `config` has `count` parameters, if any.
+fn vocab_size_for(config: &ModelConfig, count: usize) -> Option<usize> {
+    let embedding = count.checked_sub(Shape::new(config.dims(0)).len)?;
+    (embedding % config.embed_dim == 0).then_some(embedding / config.embed_dim)
+}
+
+/// The run state's per-task lists must have one entry per task: training
+/// indexes them by task, so a damaged list would fail far from its cause.
+fn check_run(run: &serde_json::Value, tasks: usize) -> Result<()> {
+    let per_task = |name: &str, value: &serde_json::Value| -> Result<()> {
+        match value.as_array() {
+            Some(list) if list.len() == tasks => Ok(()),
+            _ => bail!("{name} must be a list of {tasks} values, one per task"),
+        }
+    };
+    if run["epoch"].as_u64().is_none_or(|e| e < 1) {
+        bail!("epoch must be a number from 1");
+    }
+    per_task("mix_total", &run["mix_total"])?;
+    let Some(weighting) = run["weighting"].as_object() else {
+        bail!("weighting is missing");
+    };
+    // Every list in the weighting state is per task, except the history of
+    // per-task epoch losses, which holds one such list per epoch.
+    for (key, value) in weighting {
+        match (key.as_str(), value.as_array()) {
+            ("epoch_losses", Some(epochs)) => {
+                for epoch in epochs {
+                    per_task("weighting.epoch_losses[..]", epoch)?;
+                }
+            }
+            (_, Some(_)) => per_task(&format!("weighting.{key}"), value)?,
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// FNV-1a, 64 bits: a stable hash of the data for the fingerprint (the

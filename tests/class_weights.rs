@@ -18,7 +18,16 @@ fn weighted_loss_is_the_weighted_mean_of_cross_entropies() {
         embed: 8,
         filters: 6,
         kernel: 3,
-        heads: vec![HeadDims { hidden: 5, classes: 3 }, HeadDims { hidden: 4, classes: 2 }],
+        heads: vec![
+            HeadDims {
+                hidden: 5,
+                classes: 3,
+            },
+            HeadDims {
+                hidden: 4,
+                classes: 2,
+            },
+        ],
     });
     let mut rng = Rng::new(5);
     let params = initial_params(&shape, &mut rng);
@@ -26,8 +35,9 @@ fn weighted_loss_is_the_weighted_mean_of_cross_entropies() {
     let weights = [0.5f32, 2.0, 1.5, 3.0, 0.25];
     net.set_class_weights(&weights).unwrap();
 
-    let texts: Vec<Vec<i32>> =
-        (0..6).map(|n| (0..n + 2).map(|_| 2 + rng.below(28) as i32).collect()).collect();
+    let texts: Vec<Vec<i32>> = (0..6)
+        .map(|n| (0..n + 2).map(|_| 2 + rng.below(28) as i32).collect())
+        .collect();
     let mut batch = HostBatch::default();
     batch.fill(texts.iter().map(Vec::as_slice), 3);
     let labels = [[0, 2, -1, 1, 2, 0], [1, -1, 0, 0, 1, -1]];
@@ -39,7 +49,9 @@ fn weighted_loss_is_the_weighted_mean_of_cross_entropies() {
         let (offset, classes) = (shape.class_offset(task), shape.dims.heads[task].classes);
         let (mut sum, mut weight_sum) = (0.0f64, 0.0f64);
         for (b, &y) in row_labels.iter().enumerate().filter(|(_, &y)| y >= 0) {
-            let o: Vec<f64> = (0..classes).map(|c| logits[b * 5 + offset + c] as f64).collect();
+            let o: Vec<f64> = (0..classes)
+                .map(|c| logits[b * 5 + offset + c] as f64)
+                .collect();
             let max = o.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let log_sum = o.iter().map(|x| (x - max).exp()).sum::<f64>().ln();
             let w = weights[offset + y as usize] as f64;
@@ -48,7 +60,10 @@ fn weighted_loss_is_the_weighted_mean_of_cross_entropies() {
         }
         let got = losses.means()[task].unwrap();
         let want = sum / weight_sum;
-        assert!((got - want).abs() < 1e-5 * want.abs().max(1.0), "task {task}: {got} vs {want}");
+        assert!(
+            (got - want).abs() < 1e-5 * want.abs().max(1.0),
+            "task {task}: {got} vs {want}"
+        );
     }
 }
 
@@ -58,7 +73,19 @@ fn class_weight_flags() {
     let data = case("case-01").join("train.tsv");
     let data = data.to_str().unwrap();
     for spec in ["balanced", "sentiment=balanced", "topic:sports=2"] {
-        polyhead(&dir, &["train", "--data", data, "--epochs", "1", "--class-weight", spec]).ok();
+        polyhead(
+            &dir,
+            &[
+                "train",
+                "--data",
+                data,
+                "--epochs",
+                "1",
+                "--class-weight",
+                spec,
+            ],
+        )
+        .ok();
     }
     for (spec, needle) in [
         ("topic:weather=2", "task topic has no class \"weather\""),

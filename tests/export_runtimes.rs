@@ -35,7 +35,7 @@ fn validation_texts() -> Vec<String> {
     table
         .rows
         .iter()
-        .filter_map(|r| r.cells[column].clone())
+        .filter_map(|r| r.cell(column).map(str::to_string))
         .collect()
 }
 

@@ -402,7 +402,7 @@ pub fn read_records(args: &PredictArgs) -> Result<Vec<InputRecord>> {
         usage!(
             "{source}: no column {:?} (columns: {}); choose one with --text-column",
             args.text_column,
-            table.columns.join(", ")
+            crate::data::vocab::column_list(&table.columns)
         );
     };
     let id_col = table.columns.iter().position(|c| c == "id");
@@ -411,8 +411,8 @@ pub fn read_records(args: &PredictArgs) -> Result<Vec<InputRecord>> {
         .into_iter()
         .map(|row| InputRecord {
             line: row.line,
-            id: id_col.and_then(|c| row.cells[c].clone()),
-            text: row.cells[text_col].clone().unwrap_or_default(),
+            id: id_col.and_then(|c| row.cell(c)).map(str::to_string),
+            text: row.cell(text_col).unwrap_or_default().to_string(),
         })
         .collect())
 }

@@ -9,12 +9,13 @@
 
 use std::io::{BufRead, BufWriter, Write};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde_json::{json, Map, Value};
 
 use super::data::{read_records, InputRecord};
 use super::loaded::LoadedModel;
 use crate::cli::PredictArgs;
+use crate::data::table::read_text_lines;
 use crate::usage;
 
 /// Texts predicted together.
@@ -118,27 +119,13 @@ fn record_json(
 
 /// Plain text input: one text per line, LF or CRLF, an optional BOM.
 pub fn read_lines(reader: impl BufRead, source: &str) -> Result<Vec<InputRecord>> {
-    let mut records = Vec::new();
-    for (index, line) in reader.split(b'\n').enumerate() {
-        let line_no = index + 1;
-        let mut bytes = line.with_context(|| format!("cannot read {source}"))?;
-        if bytes.last() == Some(&b'\r') {
-            bytes.pop();
-        }
-        if index == 0 && bytes.starts_with(b"\xEF\xBB\xBF") {
-            bytes.drain(..3);
-        }
-        let text = String::from_utf8(bytes).map_err(|e| {
-            anyhow::anyhow!(
-                "{source}:{line_no}: invalid UTF-8 at byte {}",
-                e.utf8_error().valid_up_to() + 1
-            )
-        })?;
-        records.push(InputRecord {
-            line: line_no,
+    let records = read_text_lines(reader, source)?;
+    Ok(records
+        .into_iter()
+        .map(|record| InputRecord {
+            line: record.line,
             id: None,
-            text,
-        });
-    }
-    Ok(records)
+            text: record.cell(0).unwrap_or_default().to_string(),
+        })
+        .collect())
 }

@@ -13,6 +13,7 @@ use crate::backend::Backend;
 use crate::checkpoint::{state_path, Checkpoint};
 use crate::cli::TrainArgs;
 use crate::fsutil::remove_stale_temporaries;
+use crate::model::file::MAX_SIZE;
 use crate::model::init::initial_params;
 use crate::model::network::{AdamConfig, Network};
 use crate::model::{Model, ModelConfig, TaskConfig};
@@ -46,11 +47,35 @@ fn check_args(args: &TrainArgs) -> Result<()> {
             usage!("{flag} must be at least 1");
         }
     }
+    // Sizes past what a model file may hold would train a model no command
+    // can load.
+    let sizes = [
+        ("--embed-dim", args.embed_dim),
+        ("--filters", args.filters),
+        ("--kernel-size", args.kernel_size),
+        ("--hidden", args.hidden),
+        ("--max-len", args.max_len),
+    ];
+    for (flag, value) in sizes {
+        if value > MAX_SIZE {
+            usage!("{flag} must be at most {MAX_SIZE}, got {value}");
+        }
+    }
     if !(args.lr > 0.0 && args.lr.is_finite()) {
         usage!("--lr must be a positive number, got {}", args.lr);
     }
     if !(0.0..1.0).contains(&args.dropout) {
         usage!("--dropout must be in [0, 1), got {}", args.dropout);
+    }
+    // Found now rather than when the first epoch is saved.
+    if let Some(out) = &args.out {
+        if out.is_dir() {
+            usage!("--out {}: is a directory; give a file name", out.display());
+        }
+        let folder = out.parent().filter(|p| !p.as_os_str().is_empty());
+        if folder.is_some_and(|f| !f.is_dir()) {
+            usage!("--out {}: the folder does not exist", out.display());
+        }
     }
     Ok(())
 }
@@ -114,10 +139,12 @@ fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
 
     let (mut net, mut state) = match resumed {
         Some(checkpoint) => {
+            let batches = data.train.rows().div_ceil(args.batch_size);
             check_resumable(
                 &checkpoint,
                 &options,
                 &fingerprint,
+                batches,
                 &state_path(args.resume.as_ref().unwrap()),
             )?;
             let mut net =
@@ -431,6 +458,7 @@ fn check_resumable(
     checkpoint: &Checkpoint,
     options: &[(String, String)],
     fingerprint: &str,
+    batches_per_epoch: usize,
     state_file: &Path,
 ) -> Result<()> {
     let shown = state_file.display();
@@ -450,6 +478,9 @@ fn check_resumable(
     if checkpoint.data_fingerprint != fingerprint {
         bail!("--resume: the training data differs from the run being resumed ({shown})");
     }
+    checkpoint
+        .check_progress(batches_per_epoch)
+        .with_context(|| format!("{shown}: not a usable run state"))?;
     Ok(())
 }
 

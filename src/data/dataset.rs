@@ -92,7 +92,7 @@ pub fn label_maps(tables: &[&Table], tasks: &[String]) -> Result<Vec<LabelMap>, 
                     continue;
                 };
                 found = Some(table);
-                let labels = table.rows.iter().filter_map(|r| r.cells[column].as_deref());
+                let labels = table.rows.iter().filter_map(|r| r.cell(column));
                 classes.extend(labels.map(str::trim));
             }
             let Some(table) = found else {
@@ -158,7 +158,7 @@ pub fn encode_table(
     for row in &table.rows {
         for (i, column) in task_columns.iter().enumerate() {
             row_labels[i] = -1;
-            let Some(label) = column.and_then(|c| row.cells[c].as_deref()) else {
+            let Some(label) = column.and_then(|c| row.cell(c)) else {
                 continue;
             };
             let label = label.trim();
@@ -179,7 +179,7 @@ pub fn encode_table(
         }
 
         ids.clear();
-        if let Some(text) = &row.cells[text_column] {
+        if let Some(text) = row.cell(text_column) {
             tokenizer.for_each_token(text, |t| {
                 if ids.len() < options.max_len {
                     ids.push(vocab.id(t));
@@ -268,7 +268,7 @@ fn label_warnings(table: &Table, maps: &[LabelMap], columns: &[Option<usize>]) -
         let labelled = table
             .rows
             .iter()
-            .filter(|r| r.cells[*column].is_some())
+            .filter(|r| r.cell(*column).is_some())
             .count();
         if map.classes.len() == 1 {
             warnings.push(format!(

@@ -2,7 +2,7 @@
 //! frequent first, ties broken by byte-wise (UTF-8) order, so the same data
 //! gives the same ids on every run and every thread count.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::data::table::{DataError, Table};
 use crate::data::tokenizer::Tokenizer;
@@ -58,15 +58,13 @@ impl Vocab {
     /// The vocabulary stored in a model file; the specials must come first
     /// and no word may repeat.
     pub fn from_words(words: Vec<String>) -> Result<Vocab, String> {
-        if words.len() < 2 || words[0] != "<pad>" || words[1] != "<unk>" {
-            return Err("the vocabulary must start with \"<pad>\", \"<unk>\"".to_string());
-        }
-        let mut ids = HashMap::with_capacity(words.len());
-        for (i, w) in words.iter().enumerate().skip(2) {
-            if ids.insert(w.clone(), i as i32).is_some() {
-                return Err(format!("word {w:?} appears twice in the vocabulary"));
-            }
-        }
+        check_words(&words)?;
+        let ids = words
+            .iter()
+            .enumerate()
+            .skip(2)
+            .map(|(i, w)| (w.clone(), i as i32))
+            .collect();
         Ok(Vocab { words, ids })
     }
 
@@ -96,7 +94,7 @@ fn count_tokens(
     counts: &mut HashMap<String, usize>,
 ) {
     for row in &table.rows {
-        if let Some(text) = &row.cells[column] {
+        if let Some(text) = row.cell(column) {
             tokenizer.for_each_token(text, |t| {
                 if let Some(n) = counts.get_mut(t) {
                     *n += 1;
@@ -108,13 +106,42 @@ fn count_tokens(
     }
 }
 
+/// Checks a stored vocabulary: the specials first, no word twice.
+pub fn check_words(words: &[String]) -> Result<(), String> {
+    if words.len() < 2 || words[0] != "<pad>" || words[1] != "<unk>" {
+        return Err("the vocabulary must start with \"<pad>\", \"<unk>\"".to_string());
+    }
+    let mut seen = HashSet::with_capacity(words.len());
+    if let Some(w) = words.iter().find(|w| !seen.insert(w.as_str())) {
+        return Err(format!("word {w:?} appears twice in the vocabulary"));
+    }
+    Ok(())
+}
+
 /// The index of `name` among the table's columns, or an error naming the
 /// file, the column and the columns it has.
 pub fn column_index(table: &Table, name: &str) -> Result<usize, DataError> {
     table.columns.iter().position(|c| c == name).ok_or_else(|| {
-        let msg = format!("no column {name:?} (columns: {})", table.columns.join(", "));
+        let msg = format!(
+            "no column {name:?} (columns: {})",
+            column_list(&table.columns)
+        );
         DataError::new(&table.source, None, msg)
     })
+}
+
+/// The column names for a message: all of them, or the first few of a
+/// header too wide to print on one line.
+pub fn column_list(columns: &[String]) -> String {
+    const SHOWN: usize = 20;
+    if columns.len() <= SHOWN {
+        return columns.join(", ");
+    }
+    format!(
+        "{}, ... ({} in all)",
+        columns[..SHOWN].join(", "),
+        columns.len()
+    )
 }
 
 #[cfg(test)]

@@ -13,21 +13,31 @@
 //! header and offsets, and this module checks every tensor's presence,
 //! dtype and shape against the configuration before any value is used.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::fs::File;
+use std::io::Read;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use safetensors::tensor::{Dtype, TensorView};
+use safetensors::tensor::{Dtype, Metadata, TensorView};
 use safetensors::SafeTensors;
+use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
+use crate::data::vocab::check_words;
 use crate::fsutil::write_atomic;
 use crate::model::{Dims, HeadDims, Shape};
 
 pub const FORMAT_VERSION: u32 = 1;
 
+/// Largest size a model may have in any dimension (width, filters, kernel,
+/// hidden units, text length): a bound on what a file can make the
+/// loader allocate, and on what training accepts.
+pub const MAX_SIZE: usize = 1 << 16;
+
 /// Largest model file read (a guard against reading a wrong, huge file).
-const MAX_FILE_BYTES: u64 = 8 << 30;
+pub const MAX_FILE_BYTES: u64 = 8 << 30;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskConfig {
@@ -136,24 +146,23 @@ impl Model {
 
     pub fn load(path: &Path) -> Result<Model> {
         let shown = path.display();
-        let size = std::fs::metadata(path)
-            .with_context(|| format!("cannot read model {shown}"))?
-            .len();
-        if size > MAX_FILE_BYTES {
-            bail!("{shown}: {size} bytes is larger than any model file ({MAX_FILE_BYTES})");
-        }
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read model {shown}"))?;
+        let bytes = read_regular_file(path, MAX_FILE_BYTES)
+            .with_context(|| format!("cannot read model {shown}"))?;
         Model::from_bytes(&bytes).with_context(|| format!("{shown}: not a usable polyhead model"))
     }
 
+    /// The model in `bytes`. Nothing is allocated in proportion to a size
+    /// the file claims before that size is backed by tensor data actually
+    /// present: the header is parsed once, the vocabulary may not list
+    /// more words than `embedding.weight` has rows, and every tensor's
+    /// presence, dtype and shape are checked before the parameters are.
     pub fn from_bytes(bytes: &[u8]) -> Result<Model> {
-        let (_, header) = SafeTensors::read_metadata(bytes)
+        let (header_len, header) = SafeTensors::read_metadata(bytes)
             .map_err(|e| anyhow::anyhow!("invalid safetensors file: {e}"))?;
-        let tensors = SafeTensors::deserialize(bytes)
-            .map_err(|e| anyhow::anyhow!("invalid safetensors file: {e}"))?;
-        let meta = header.metadata().clone().unwrap_or_default();
+        let data = &bytes[8 + header_len..];
+        let meta = header.metadata().as_ref();
         let field = |key: &str| -> Result<&String> {
-            meta.get(key)
+            meta.and_then(|m| m.get(key))
                 .with_context(|| format!("metadata has no \"{key}\" entry"))
         };
 
@@ -171,48 +180,47 @@ impl Model {
         }
         let config: ModelConfig =
             serde_json::from_str(field("config")?).context("metadata \"config\" is not valid")?;
-        let vocab: Vec<String> =
-            serde_json::from_str(field("vocab")?).context("metadata \"vocab\" is not valid")?;
-        check_config(&config, &vocab)?;
+        check_config(&config)?;
+        let rows = tensor_rows(&header, "embedding.weight", config.embed_dim)?;
+        let vocab = parse_vocab(field("vocab")?, rows, "rows of tensor embedding.weight")?;
 
         let shape = Shape::new(config.dims(vocab.len()));
-        let mut params = vec![0.0f32; shape.len];
         let expected = shape.named_tensors(&config.task_names());
+        let mut located = Vec::with_capacity(expected.len());
         for (name, dims, span) in &expected {
-            let view = tensors
-                .tensor(name)
-                .map_err(|_| anyhow::anyhow!("tensor {name} is missing"))?;
-            if view.dtype() != Dtype::F32 {
-                bail!("tensor {name} is {:?}, expected F32", view.dtype());
+            let info = header
+                .info(name)
+                .with_context(|| format!("tensor {name} is missing"))?;
+            if info.dtype != Dtype::F32 {
+                bail!("tensor {name} is {:?}, expected F32", info.dtype);
             }
-            if view.shape() != dims.as_slice() {
+            if info.shape != *dims {
                 bail!(
                     "tensor {name} has shape {:?}, the metadata implies {:?}",
-                    view.shape(),
+                    info.shape,
                     dims
                 );
             }
-            for (out, chunk) in params[span.range()]
-                .iter_mut()
-                .zip(view.data().chunks_exact(4))
-            {
-                *out = f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+            located.push((name, info.data_offsets, *span));
+        }
+        if header.tensors().len() != expected.len() {
+            let known: HashSet<&str> = expected.iter().map(|(n, _, _)| n.as_str()).collect();
+            let extra = header
+                .offset_keys()
+                .into_iter()
+                .find(|n| !known.contains(n.as_str()));
+            bail!("unexpected tensor {}", extra.unwrap_or_default());
+        }
+
+        // Every tensor above is distinct and backed by its bytes in `data`,
+        // so this allocation is no larger than the file.
+        let mut params = vec![0.0f32; shape.len];
+        for (name, (start, end), span) in located {
+            let out = &mut params[span.range()];
+            read_f32s(&data[start..end], out);
+            if out.iter().any(|v| !v.is_finite()) {
+                bail!("tensor {name} holds a non-finite value");
             }
-        }
-        if tensors.len() != expected.len() {
-            let known: Vec<&str> = expected.iter().map(|(n, _, _)| n.as_str()).collect();
-            let extra = tensors.names().into_iter().find(|n| !known.contains(n));
-            bail!(
-                "unexpected tensor {}",
-                extra.map_or("?".to_string(), |n| n.to_string())
-            );
-        }
-        if let Some(bad) = params.iter().position(|v| !v.is_finite()) {
-            let (name, _, _) = expected
-                .iter()
-                .find(|(_, _, s)| s.range().contains(&bad))
-                .expect("spans tile");
-            bail!("tensor {name} holds a non-finite value");
         }
         Ok(Model {
             config,
@@ -223,7 +231,124 @@ impl Model {
     }
 }
 
-fn check_config(config: &ModelConfig, vocab: &[String]) -> Result<()> {
+/// Reads a whole regular file of at most `limit` bytes. A directory, a
+/// device or a pipe is refused, before opening it: reading `/dev/zero`
+/// would never end, and opening a named pipe waits for a writer.
+pub fn read_regular_file(path: &Path, limit: u64) -> Result<Vec<u8>> {
+    let info = std::fs::metadata(path)?;
+    if info.is_dir() {
+        bail!("it is a directory, not a file");
+    }
+    if !info.is_file() {
+        bail!("it is not a regular file");
+    }
+    if info.len() > limit {
+        bail!(
+            "{} bytes is larger than any file of this kind ({limit})",
+            info.len()
+        );
+    }
+    let mut bytes = Vec::with_capacity(info.len() as usize);
+    File::open(path)?.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        bail!("it grew past {limit} bytes while being read");
+    }
+    Ok(bytes)
+}
+
+/// Little-endian f32 values from `bytes` into `out` (same element count).
+pub fn read_f32s(bytes: &[u8], out: &mut [f32]) {
+    for (value, chunk) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+        *value = f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+    }
+}
+
+/// The first dimension of the 2-D F32 tensor `name` whose second is
+/// `width`: a count backed by `rows * width * 4` bytes in the file.
+fn tensor_rows(header: &Metadata, name: &str, width: usize) -> Result<usize> {
+    let info = header
+        .info(name)
+        .with_context(|| format!("tensor {name} is missing"))?;
+    match info.shape[..] {
+        [rows, w] if w == width && info.dtype == Dtype::F32 => Ok(rows),
+        _ => bail!(
+            "tensor {name} is {:?} {:?}, expected F32 [rows, {width}]",
+            info.dtype,
+            info.shape
+        ),
+    }
+}
+
+/// The metadata's `vocab`: a JSON array of at most `limit` words (the rows
+/// the weights have for them), starting with the two specials, no word
+/// twice. Reading stops at the first word past the limit, so a vocabulary
+/// blown up in a damaged or hostile file costs no more memory than the
+/// weights it claims to describe.
+pub fn parse_vocab(text: &str, limit: usize, what: &str) -> Result<Vec<String>> {
+    let mut reader = serde_json::Deserializer::from_str(text);
+    let words = BoundedWords { limit, what }
+        .deserialize(&mut reader)
+        .and_then(|words| reader.end().map(|()| words))
+        .map_err(|e| anyhow::anyhow!("metadata \"vocab\" is not valid: {}", json_reason(&e)))?;
+    if words.len() != limit {
+        bail!(
+            "metadata \"vocab\" has {} words for {limit} {what}",
+            words.len()
+        );
+    }
+    check_words(&words).map_err(|e| anyhow::anyhow!("metadata \"vocab\" is not valid: {e}"))?;
+    Ok(words)
+}
+
+/// A JSON error without serde_json's position inside the metadata string
+/// when the position says nothing (a rule broken, not a syntax error).
+fn json_reason(e: &serde_json::Error) -> String {
+    let full = e.to_string();
+    match full.rsplit_once(" at line ") {
+        Some((reason, _)) if e.is_data() => reason.to_string(),
+        _ => full,
+    }
+}
+
+/// Deserialises a JSON array of strings, failing past `limit` of them.
+struct BoundedWords<'a> {
+    limit: usize,
+    what: &'a str,
+}
+
+impl<'de> DeserializeSeed<'de> for BoundedWords<'_> {
+    type Value = Vec<String>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Vec<String>, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for BoundedWords<'_> {
+    type Value = Vec<String>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON array of words")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<String>, A::Error> {
+        // The length hint comes from the file, so it sizes nothing.
+        let mut words = Vec::new();
+        while let Some(word) = seq.next_element::<String>()? {
+            if words.len() == self.limit {
+                let msg = format!("more words than the {} {}", self.limit, self.what);
+                return Err(de::Error::custom(msg));
+            }
+            words.push(word);
+        }
+        Ok(words)
+    }
+}
+
+/// Sizes in range, at least one task, task names and each task's class
+/// names distinct (two tasks of one name would share tensor names; a class
+/// listed twice could never be told apart).
+pub fn check_config(config: &ModelConfig) -> Result<()> {
     let sizes = [
         ("embed_dim", config.embed_dim),
         ("filters", config.filters),
@@ -231,24 +356,29 @@ fn check_config(config: &ModelConfig, vocab: &[String]) -> Result<()> {
         ("max_len", config.max_len),
     ];
     for (name, value) in sizes {
-        if value == 0 || value > 1 << 16 {
+        if value == 0 || value > MAX_SIZE {
             bail!("config {name} = {value} is out of range");
         }
-    }
-    if vocab.len() < 2 || vocab[0] != "<pad>" || vocab[1] != "<unk>" {
-        bail!("vocab must start with \"<pad>\", \"<unk>\"");
     }
     if config.tasks.is_empty() {
         bail!("config has no tasks");
     }
+    let mut names = HashSet::new();
     for task in &config.tasks {
-        if task.classes.is_empty() || task.hidden == 0 || task.hidden > 1 << 16 {
+        if !names.insert(task.name.as_str()) {
+            bail!("config lists task {:?} twice", task.name);
+        }
+        if task.classes.is_empty() || task.hidden == 0 || task.hidden > MAX_SIZE {
             bail!(
                 "task {} has {} classes and hidden {}",
                 task.name,
                 task.classes.len(),
                 task.hidden
             );
+        }
+        let mut classes = HashSet::new();
+        if let Some(twice) = task.classes.iter().find(|c| !classes.insert(c.as_str())) {
+            bail!("task {} lists class {twice:?} twice", task.name);
         }
     }
     Ok(())
@@ -274,7 +404,7 @@ mod tests {
                 TaskConfig {
                     name: "mood".into(),
                     hidden: 2,
-                    classes: vec!["x".into(); 3],
+                    classes: vec!["x".into(), "y".into(), "z".into()],
                 },
             ],
         };
