@@ -277,3 +277,46 @@ fn flags_out_of_range_are_usage_errors() {
     );
     expect_error(run, 2, &["--precision"]);
 }
+
+#[test]
+fn a_loss_that_becomes_nan_stops_the_run_and_keeps_the_last_model() {
+    let dir = scratch("nan");
+    let data = common::case("case-01").join("train.tsv");
+    let data = data.to_str().unwrap();
+    polyhead(
+        &dir,
+        &[
+            "train",
+            "--data",
+            data,
+            "--epochs",
+            "1",
+            "--out",
+            "m.safetensors",
+        ],
+    )
+    .ok();
+    let before = std::fs::read(dir.join("m.safetensors")).unwrap();
+
+    let run = polyhead(
+        &dir,
+        &[
+            "train",
+            "--data",
+            data,
+            "--epochs",
+            "3",
+            "--batch-size",
+            "4",
+            "--lr=1e30",
+            "--out",
+            "m.safetensors",
+        ],
+    );
+    expect_error(
+        run,
+        1,
+        &["loss became", "at epoch 1, step 2 (batch 2 of 4)"],
+    );
+    assert_eq!(std::fs::read(dir.join("m.safetensors")).unwrap(), before);
+}
