@@ -209,3 +209,31 @@ fn resuming_with_other_options_or_data_is_refused() {
     .ok();
     assert!(run.stderr.contains("already complete"), "{}", run.stderr);
 }
+
+/// A temporary file left by a killed write is cleaned on the next start.
+#[test]
+fn leftover_temporaries_are_removed() {
+    let dir = scratch("leftover");
+    let data = case("case-16").join("train.tsv");
+    std::fs::write(dir.join(".m.safetensors.tmp-4242"), b"half a model").unwrap();
+    std::fs::write(dir.join(".m.state.safetensors.tmp-4242"), b"half a state").unwrap();
+    polyhead(
+        &dir,
+        &[
+            "train",
+            "--data",
+            data.to_str().unwrap(),
+            "--epochs",
+            "1",
+            "--out",
+            "m.safetensors",
+        ],
+    )
+    .ok();
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.contains(".tmp-")), "{names:?}");
+    Model::load(&dir.join("m.safetensors")).unwrap();
+}
