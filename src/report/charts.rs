@@ -97,6 +97,7 @@ pub fn line_chart(chart: &LineChart<'_>) -> Result<Option<String>> {
             .x_labels(((x1 - x0) as usize + 1).min(12))
             .x_label_formatter(&|x| x.to_string())
             .y_labels(6)
+            .max_light_lines(2)
             .y_label_formatter(&y_format)
             .label_style((FONT, FONT_SIZE))
             .axis_desc_style((FONT, FONT_SIZE))
@@ -162,11 +163,13 @@ pub fn bar_chart(bars: &[Bar], x_label: &str, range: (f64, f64)) -> Result<Strin
             .margin_right(70)
             .x_label_area_size(48)
             .y_label_area_size(label_area)
-            .build_cartesian_2d(x0..x1, (0..rows).into_segmented())
+            // An i32 range counts both ends: rows - 1 ends at the last row.
+            .build_cartesian_2d(x0..x1, (0..rows - 1).into_segmented())
             .map_err(drawing)?;
         let x_format = |v: &f64| format!("{v:.*}", decimals_for(x1 - x0));
         plot.configure_mesh()
             .disable_y_mesh()
+            .max_light_lines(1)
             .x_desc(x_label)
             .x_labels(8)
             .x_label_formatter(&x_format)
