@@ -218,13 +218,22 @@ pub fn bar_chart(bars: &[Bar], x_label: &str, range: (f64, f64)) -> Result<Strin
             )))
             .map_err(drawing)?;
         }
-        let value_style = TextStyle::from((FONT, FONT_SIZE * 0.9).into_font())
-            .pos(Pos::new(HPos::Left, VPos::Center));
+        // Each value is written just past the far end of its bar or
+        // whisker: right of a positive value, left of a negative one.
+        let font = (FONT, FONT_SIZE * 0.9).into_font();
+        let right_of = TextStyle::from(font.clone()).pos(Pos::new(HPos::Left, VPos::Center));
+        let left_of = TextStyle::from(font).pos(Pos::new(HPos::Right, VPos::Center));
         plot.draw_series(bars.iter().enumerate().map(|(i, bar)| {
-            let end = bar.value + bar.spread.unwrap_or(0.0);
+            let spread = bar.spread.unwrap_or(0.0);
+            let negative = bar.value < 0.0;
+            let (end, style, shift) = if negative {
+                (bar.value - spread, left_of.clone(), -6)
+            } else {
+                (bar.value + spread, right_of.clone(), 6)
+            };
             let at = (end.clamp(x0, x1), SegmentValue::CenterOf(row_of(i)));
             let text = format!("{:.value_decimals$}", bar.value);
-            EmptyElement::at(at) + Text::new(text, (6, 0), value_style.clone())
+            EmptyElement::at(at) + Text::new(text, (shift, 0), style)
         }))
         .map_err(drawing)?;
         root.present().map_err(drawing)?;

@@ -388,7 +388,7 @@ pub fn comparison(page: &mut Page, c: &Comparison, source: &str) -> Result<()> {
     let seeds: Vec<String> = s.seeds.iter().map(u64::to_string).collect();
     let mut body = paragraph(&format!(
         "{source}: one multi-task model against one single-task model per task, seeds {}, \
-         {} epochs, batch {}, Adam lr {}, weighting {}, dropout {}; data {}; {}. Figures are \
+         {} epochs, batch {}, Adam lr {}, weighting {}, dropout {}; {}; {}. Figures are \
          means ± the {}; the difference is taken per seed (the arms share each seed).",
         seeds.join(", "),
         s.epochs,
@@ -472,7 +472,7 @@ pub fn comparison(page: &mut Page, c: &Comparison, source: &str) -> Result<()> {
             .iter()
             .map(|b| b.value.abs() + b.spread.unwrap_or(0.0))
             .fold(0.01, f64::max)
-            * 1.15;
+            * 1.3;
         let svg = bar_chart(&bars, &format!("multi − single, {metric}"), (-reach, reach))?;
         body += &figure(
             &format!("Validation {metric}: multi-task minus single-task, per task"),
