@@ -204,11 +204,15 @@ fn full_report_has_every_chart_and_escapes_task_names() {
 fn metrics_alone_give_five_charts() {
     let dir = scratch("report-metrics");
     let line = |epoch: usize, loss: f64| {
+        let valid = format!(
+            "{{\"a<b\":{{\"accuracy\":0.{epoch},\"macro_f1\":null}},\
+             \"c\":{{\"accuracy\":0.5,\"macro_f1\":0.4}}}}"
+        );
+        let ones = "{\"a<b\":1.0,\"c\":1.0}";
         format!(
-            "{{\"epoch\":{epoch},\"train_loss\":{loss},\"seconds\":1.5,\"examples_per_second\":100.0,\
-             \"valid_loss\":{},\"valid\":{{\"a<b\":{{\"accuracy\":0.{epoch},\"macro_f1\":null}},\
-             \"c\":{{\"accuracy\":0.5,\"macro_f1\":0.4}}}},\"loss_weights\":{{\"a<b\":1.0,\"c\":1.0}},\
-             \"gradient_mix\":{{\"a<b\":1.0,\"c\":1.0}}}}",
+            "{{\"epoch\":{epoch},\"train_loss\":{loss},\"seconds\":1.5,\
+             \"examples_per_second\":100.0,\"valid_loss\":{},\"valid\":{valid},\
+             \"loss_weights\":{ones},\"gradient_mix\":{ones}}}",
             loss + 0.1
         )
     };

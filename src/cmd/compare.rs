@@ -33,7 +33,10 @@ pub fn run(args: &CompareArgs) -> Result<()> {
     check_args(args)?;
     super::set_threads(args.train.threads)?;
     if let Some(gpu) = args.train.gpu {
-        usage!("--gpu {gpu}: this build of polyhead has no CUDA backend; compare on the CPU without --gpu");
+        usage!(
+            "--gpu {gpu}: this build of polyhead has no CUDA backend; \
+             compare on the CPU without --gpu"
+        );
     }
     let comparison = compare_on(|| Ok(CpuBackend::new()), args)?;
     print!("{}", table(&comparison));

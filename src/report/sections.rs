@@ -478,7 +478,8 @@ pub fn comparison(page: &mut Page, c: &Comparison, source: &str) -> Result<()> {
             &format!("Validation {metric}: multi-task minus single-task, per task"),
             &[],
             &svg,
-            "Bars: mean over seeds; whiskers: ± one standard deviation of the per-seed difference.",
+            "Bars: mean over seeds; whiskers: ± one standard deviation of the per-seed \
+             difference.",
         );
     }
 
