@@ -193,7 +193,10 @@ fn full_report_has_every_chart_and_escapes_task_names() {
     // Uncertainty weighting moves the weights off 1: no "equal" note there.
     let weights = html.split("Loss weight per task").nth(1).unwrap();
     let weights = &weights[..weights.find("</figure>").unwrap()];
-    assert!(!weights.contains("weighted equally"), "{weights}");
+    assert!(
+        !weights.contains("1 for every task throughout"),
+        "{weights}"
+    );
     assert!(html.trim_end().ends_with("</html>"));
 }
 
@@ -201,11 +204,15 @@ fn full_report_has_every_chart_and_escapes_task_names() {
 fn metrics_alone_give_five_charts() {
     let dir = scratch("report-metrics");
     let line = |epoch: usize, loss: f64| {
+        let valid = format!(
+            "{{\"a<b\":{{\"accuracy\":0.{epoch},\"macro_f1\":null}},\
+             \"c\":{{\"accuracy\":0.5,\"macro_f1\":0.4}}}}"
+        );
+        let ones = "{\"a<b\":1.0,\"c\":1.0}";
         format!(
-            "{{\"epoch\":{epoch},\"train_loss\":{loss},\"seconds\":1.5,\"examples_per_second\":100.0,\
-             \"valid_loss\":{},\"valid\":{{\"a<b\":{{\"accuracy\":0.{epoch},\"macro_f1\":null}},\
-             \"c\":{{\"accuracy\":0.5,\"macro_f1\":0.4}}}},\"loss_weights\":{{\"a<b\":1.0,\"c\":1.0}},\
-             \"gradient_mix\":{{\"a<b\":1.0,\"c\":1.0}}}}",
+            "{{\"epoch\":{epoch},\"train_loss\":{loss},\"seconds\":1.5,\
+             \"examples_per_second\":100.0,\"valid_loss\":{},\"valid\":{valid},\
+             \"loss_weights\":{ones},\"gradient_mix\":{ones}}}",
             loss + 0.1
         )
     };
@@ -215,7 +222,8 @@ fn metrics_alone_give_five_charts() {
     let html = std::fs::read_to_string(dir.join("r.html")).unwrap();
     assert_eq!(svg_count(&html), 5);
     assert!(html.contains("a&lt;b") && !html.contains("a<b"));
-    assert!(html.contains("1 for every task throughout"));
+    assert!(html.contains("the tasks&#39; losses are weighted equally"));
+    assert!(html.contains("the plain sum of the tasks&#39; gradients"));
     assert!(!html.contains("http"));
     // Every chart has data drawn in it.
     for svg in html.split("<svg").skip(1) {

@@ -97,6 +97,7 @@ pub fn line_chart(chart: &LineChart<'_>) -> Result<Option<String>> {
             .x_labels(((x1 - x0) as usize + 1).min(12))
             .x_label_formatter(&|x| x.to_string())
             .y_labels(6)
+            .max_light_lines(2)
             .y_label_formatter(&y_format)
             .label_style((FONT, FONT_SIZE))
             .axis_desc_style((FONT, FONT_SIZE))
@@ -162,11 +163,13 @@ pub fn bar_chart(bars: &[Bar], x_label: &str, range: (f64, f64)) -> Result<Strin
             .margin_right(70)
             .x_label_area_size(48)
             .y_label_area_size(label_area)
-            .build_cartesian_2d(x0..x1, (0..rows).into_segmented())
+            // An i32 range counts both ends: rows - 1 ends at the last row.
+            .build_cartesian_2d(x0..x1, (0..rows - 1).into_segmented())
             .map_err(drawing)?;
         let x_format = |v: &f64| format!("{v:.*}", decimals_for(x1 - x0));
         plot.configure_mesh()
             .disable_y_mesh()
+            .max_light_lines(1)
             .x_desc(x_label)
             .x_labels(8)
             .x_label_formatter(&x_format)
@@ -215,13 +218,22 @@ pub fn bar_chart(bars: &[Bar], x_label: &str, range: (f64, f64)) -> Result<Strin
             )))
             .map_err(drawing)?;
         }
-        let value_style = TextStyle::from((FONT, FONT_SIZE * 0.9).into_font())
-            .pos(Pos::new(HPos::Left, VPos::Center));
+        // Each value is written just past the far end of its bar or
+        // whisker: right of a positive value, left of a negative one.
+        let font = (FONT, FONT_SIZE * 0.9).into_font();
+        let right_of = TextStyle::from(font.clone()).pos(Pos::new(HPos::Left, VPos::Center));
+        let left_of = TextStyle::from(font).pos(Pos::new(HPos::Right, VPos::Center));
         plot.draw_series(bars.iter().enumerate().map(|(i, bar)| {
-            let end = bar.value + bar.spread.unwrap_or(0.0);
+            let spread = bar.spread.unwrap_or(0.0);
+            let negative = bar.value < 0.0;
+            let (end, style, shift) = if negative {
+                (bar.value - spread, left_of.clone(), -6)
+            } else {
+                (bar.value + spread, right_of.clone(), 6)
+            };
             let at = (end.clamp(x0, x1), SegmentValue::CenterOf(row_of(i)));
             let text = format!("{:.value_decimals$}", bar.value);
-            EmptyElement::at(at) + Text::new(text, (6, 0), value_style.clone())
+            EmptyElement::at(at) + Text::new(text, (shift, 0), style)
         }))
         .map_err(drawing)?;
         root.present().map_err(drawing)?;

@@ -101,7 +101,9 @@ pub struct SplitScores {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TaskComparison {
     pub classes: usize,
-    /// Wall time of training this task's single-task model.
+    /// Wall time of building and training this task's single-task model,
+    /// per-epoch validation included (the same work as the multi-task
+    /// model's, so the two times compare).
     pub single_task_seconds: Stat,
     pub valid: SplitScores,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -145,7 +147,8 @@ pub struct Settings {
 pub struct Comparison {
     pub settings: Settings,
     pub std: String,
-    /// Wall time of training the one multi-task model (all tasks).
+    /// Wall time of building and training the one multi-task model (all
+    /// tasks), per-epoch validation included.
     pub multi_task_seconds: Stat,
     /// Per task, in the multi-task model's order.
     pub tasks: Named<TaskComparison>,

@@ -91,7 +91,11 @@ fn without_position(err: &serde_json::Error) -> String {
 mod tests {
     use super::*;
 
-    const LINE: &str = r#"{"epoch":1,"train_loss":1.5,"seconds":2.0,"examples_per_second":10.0,"valid_loss":1.2,"valid":{"topic":{"accuracy":0.5,"macro_f1":null}},"loss_weights":{"topic":1.0},"gradient_mix":{"topic":1.0}}"#;
+    const LINE: &str = concat!(
+        r#"{"epoch":1,"train_loss":1.5,"seconds":2.0,"examples_per_second":10.0,"#,
+        r#""valid_loss":1.2,"valid":{"topic":{"accuracy":0.5,"macro_f1":null}},"#,
+        r#""loss_weights":{"topic":1.0},"gradient_mix":{"topic":1.0}}"#
+    );
 
     #[test]
     fn reads_lines_in_order_with_nulls() {

@@ -173,30 +173,29 @@ pub fn training(page: &mut Page, epochs: &[EpochMetrics]) -> Result<()> {
     let mixed = task_names(epochs, |e| &e.gradient_mix);
     if !weighted.is_empty() || !mixed.is_empty() {
         let mut body = String::new();
-        let charts: [(&[String], &str, &str, PerTask); 2] = [
+        let charts: [(&[String], &str, &str, PerTask, &str); 2] = [
             (
                 &weighted,
                 "Loss weight per task (end of epoch)",
                 "weight",
                 |e, name| e.loss_weights.get(name).copied().flatten(),
+                "1 for every task throughout: the tasks' losses are weighted equally.",
             ),
             (
                 &mixed,
                 "Gradient mix per task (mean coefficient of the task's gradient in the encoder's)",
                 "coefficient",
                 |e, name| e.gradient_mix.get(name).copied().flatten(),
+                "1 for every task throughout: the encoder receives the plain sum of the tasks' \
+                 gradients (no GradNorm, PCGrad or MGDA-UB); the lines lie on top of each other.",
             ),
         ];
-        for (names, title, y_label, value) in charts {
+        for (names, title, y_label, value, all_one) in charts {
             let series = task_series(epochs, names, value);
             let constant_one = series
                 .iter()
                 .all(|s| s.points.iter().all(|p| (p.1 - 1.0).abs() < 1e-9));
-            let note = if constant_one {
-                "1 for every task throughout: the tasks are weighted equally."
-            } else {
-                ""
-            };
+            let note = if constant_one { all_one } else { "" };
             let chart = LineChart {
                 y_label,
                 series: &series,
@@ -388,10 +387,9 @@ pub fn comparison(page: &mut Page, c: &Comparison, source: &str) -> Result<()> {
     let s = &c.settings;
     let seeds: Vec<String> = s.seeds.iter().map(u64::to_string).collect();
     let mut body = paragraph(&format!(
-        "{source}: {} per task against one single-task model per task, seeds {}, {} epochs, \
-         batch {}, Adam lr {}, weighting {}, dropout {}; data {}; {}. Figures are means ± the \
-         {}; the difference is taken per seed (the arms share each seed).",
-        "one multi-task model",
+        "{source}: one multi-task model against one single-task model per task, seeds {}, \
+         {} epochs, batch {}, Adam lr {}, weighting {}, dropout {}; {}; {}. Figures are \
+         means ± the {}; the difference is taken per seed (the arms share each seed).",
         seeds.join(", "),
         s.epochs,
         s.batch_size,
@@ -474,24 +472,30 @@ pub fn comparison(page: &mut Page, c: &Comparison, source: &str) -> Result<()> {
             .iter()
             .map(|b| b.value.abs() + b.spread.unwrap_or(0.0))
             .fold(0.01, f64::max)
-            * 1.15;
+            * 1.3;
         let svg = bar_chart(&bars, &format!("multi − single, {metric}"), (-reach, reach))?;
         body += &figure(
             &format!("Validation {metric}: multi-task minus single-task, per task"),
             &[],
             &svg,
-            "Bars: mean over seeds; whiskers: ± one standard deviation of the per-seed difference.",
+            "Bars: mean over seeds; whiskers: ± one standard deviation of the per-seed \
+             difference.",
         );
     }
 
+    let digits = if c.multi_task_seconds.mean.unwrap_or(0.0) < 10.0 {
+        3
+    } else {
+        1
+    };
     let mut rows = vec![vec![
         Cell::text("multi-task (all tasks)"),
-        Cell::num(c.multi_task_seconds.display(1, false)),
+        Cell::num(c.multi_task_seconds.display(digits, false)),
     ]];
     for (name, task) in c.tasks.iter() {
         rows.push(vec![
             Cell::text(format!("single-task: {name}")),
-            Cell::num(task.single_task_seconds.display(1, false)),
+            Cell::num(task.single_task_seconds.display(digits, false)),
         ]);
     }
     body += "<h3>Wall time per model</h3>\n";
