@@ -237,3 +237,56 @@ fn leftover_temporaries_are_removed() {
     assert!(names.iter().all(|n| !n.contains(".tmp-")), "{names:?}");
     Model::load(&dir.join("m.safetensors")).unwrap();
 }
+
+/// `--monitor` keeps the best epoch's model in `--out`; with a patience the
+/// run stops once the metric has not improved for that many epochs.
+#[test]
+fn early_stopping_keeps_the_best_model() {
+    // The default data overfits within a few epochs: its validation loss
+    // rises from about the third epoch on.
+    let dir = scratch("early-stop");
+    let run = polyhead(
+        &dir,
+        &[
+            "train",
+            "--epochs",
+            "10",
+            "--monitor",
+            "valid_loss",
+            "--early-stop-patience",
+            "2",
+            "--metrics-out",
+            "metrics.jsonl",
+            "--out",
+            "m.safetensors",
+        ],
+    )
+    .ok();
+    let epochs = common::json_lines(&std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap());
+    let losses: Vec<f64> = epochs
+        .iter()
+        .map(|e| e["valid_loss"].as_f64().unwrap())
+        .collect();
+    let best = (0..losses.len())
+        .min_by(|&a, &b| losses[a].total_cmp(&losses[b]))
+        .unwrap();
+    assert!(losses.len() < 10, "no early stop: {losses:?}");
+    assert_eq!(
+        losses.len(),
+        best + 1 + 2,
+        "stopped {} epochs after the best",
+        losses.len() - best - 1
+    );
+    assert!(
+        run.stderr
+            .contains(&format!("best model (epoch {}) written", best + 1)),
+        "{}",
+        run.stderr
+    );
+
+    // The file holds the best epoch's weights, not the last epoch's: the
+    // run state beside it holds the last.
+    let best_model = polyhead::model::Model::load(&dir.join("m.safetensors")).unwrap();
+    let last = polyhead::checkpoint::Checkpoint::load(&dir.join("m.state.safetensors")).unwrap();
+    assert_ne!(best_model.params, last.params);
+}

@@ -251,7 +251,7 @@ impl Weighting {
             } else {
                 0.0
             };
-            grads[i] = (norms[k] - target).signum() * unweighted;
+            grads[i] = sign(norms[k] - target) * unweighted;
         }
         self.adam_update(&grads);
         for w in &mut self.learned {
@@ -261,6 +261,17 @@ impl Weighting {
         for w in &mut self.learned {
             *w *= tasks as f64 / sum;
         }
+    }
+}
+
+/// -1, 0 or 1 (`f64::signum` gives 1 for 0).
+fn sign(x: f64) -> f64 {
+    if x > 0.0 {
+        1.0
+    } else if x < 0.0 {
+        -1.0
+    } else {
+        0.0
     }
 }
 
@@ -524,5 +535,54 @@ mod tests {
         let weights = w.loss_weights();
         assert!(weights[1] > 1.0 && weights[0] < 1.0, "{weights:?}");
         assert!((weights[0] + weights[1] - 2.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn gradnorm_step_matches_a_direct_computation() {
+        // Three tasks, weights 1; gradient norms |g_i| = 3, 1, 2 (Gram
+        // diagonal 9, 1, 4); losses 0.5, 1.0, 2.0 after first losses of 1.
+        let mut w = Weighting::new(Method::GradNorm, vec![1.0; 3], 0.01, Rng::new(1));
+        w.observe(
+            &[Some(1.0), Some(1.0), Some(1.0)],
+            &[9.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 4.0],
+        );
+        let after_first = w.loss_weights();
+        w.observe(
+            &[Some(0.5), Some(1.0), Some(2.0)],
+            &[9.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 4.0],
+        );
+
+        // Direct: the Gram diagonal holds the weighted norms G_i = w_i |g_i|;
+        // r_i = (L_i / L_i(0)) / mean; target_i = mean(G) r_i^1.5;
+        // d|G_i - target_i|/dw_i = sign(G_i - target_i) |g_i|.
+        let weighted = [3.0f64, 1.0, 2.0];
+        let norms: Vec<f64> = (0..3).map(|i| weighted[i] / after_first[i]).collect();
+        let ratios = [0.5f64, 1.0, 2.0];
+        let mean_ratio = ratios.iter().sum::<f64>() / 3.0;
+        let mean_g = weighted.iter().sum::<f64>() / 3.0;
+        let grads: Vec<f64> = (0..3)
+            .map(|i| sign(weighted[i] - mean_g * (ratios[i] / mean_ratio).powf(1.5)) * norms[i])
+            .collect();
+        // Adam's second step from the first step's moments, as in adam_update.
+        let first_grads: Vec<f64> = (0..3)
+            .map(|i| sign(weighted[i] - 2.0) * weighted[i])
+            .collect();
+        let (b1, b2, eps, lr) = (0.9f64, 0.999f64, 1e-8, 0.01);
+        let mut expected = vec![0.0; 3];
+        for i in 0..3 {
+            let m = b1 * (1.0 - b1) * first_grads[i] + (1.0 - b1) * grads[i];
+            let v = b2 * (1.0 - b2) * first_grads[i].powi(2) + (1.0 - b2) * grads[i].powi(2);
+            let step = lr / (1.0 - b1 * b1) * m / (v.sqrt() / (1.0 - b2 * b2).sqrt() + eps);
+            expected[i] = (after_first[i] - step).max(1e-3);
+        }
+        let sum: f64 = expected.iter().sum();
+        let expected: Vec<f64> = expected.iter().map(|x| x * 3.0 / sum).collect();
+        let got = w.loss_weights();
+        for i in 0..3 {
+            assert!(
+                (got[i] - expected[i]).abs() < 1e-12,
+                "{got:?} vs {expected:?}"
+            );
+        }
     }
 }
