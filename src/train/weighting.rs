@@ -568,7 +568,7 @@ mod tests {
             .map(|i| sign(weighted[i] - 2.0) * weighted[i])
             .collect();
         let (b1, b2, eps, lr) = (0.9f64, 0.999f64, 1e-8, 0.01);
-        let mut expected = vec![0.0; 3];
+        let mut expected = [0.0; 3];
         for i in 0..3 {
             let m = b1 * (1.0 - b1) * first_grads[i] + (1.0 - b1) * grads[i];
             let v = b2 * (1.0 - b2) * first_grads[i].powi(2) + (1.0 - b2) * grads[i].powi(2);
