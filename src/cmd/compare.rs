@@ -20,7 +20,7 @@ use crate::cli::{CompareArgs, TrainArgs};
 use crate::fsutil::write_atomic;
 use crate::model::init::initial_params;
 use crate::model::network::Network;
-use crate::model::{ModelConfig, Shape, TaskConfig};
+use crate::model::Shape;
 use crate::report::comparison::{
     Arms, Comparison, Named, Settings, SplitScores, Stat, TaskComparison, STD_NOTE,
 };
@@ -253,22 +253,7 @@ fn train_once<B: Backend>(
     data: &Prepared,
     seed: u64,
 ) -> Result<RunResult> {
-    let config = ModelConfig {
-        embed_dim: args.embed_dim,
-        filters: args.filters,
-        kernel_size: args.kernel_size,
-        max_len: args.max_len,
-        lowercase: true,
-        tasks: data
-            .tasks
-            .iter()
-            .map(|(name, classes)| TaskConfig {
-                name: name.clone(),
-                hidden: args.hidden,
-                classes: classes.clone(),
-            })
-            .collect(),
-    };
+    let config = super::train::model_config(args, data);
     let task_names = config.task_names();
     let mut train_config = train_config(args, &task_names)?;
     train_config.class_weights = super::train::class_weights(args, data, false)?;

@@ -111,22 +111,7 @@ fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
         started.elapsed().as_secs_f64()
     ));
 
-    let config = ModelConfig {
-        embed_dim: args.embed_dim,
-        filters: args.filters,
-        kernel_size: args.kernel_size,
-        max_len: args.max_len,
-        lowercase: true,
-        tasks: data
-            .tasks
-            .iter()
-            .map(|(name, classes)| TaskConfig {
-                name: name.clone(),
-                hidden: args.hidden,
-                classes: classes.clone(),
-            })
-            .collect(),
-    };
+    let config = model_config(args, &data);
     let task_names = config.task_names();
     let mut train_config = train_config(args, &task_names)?;
     train_config.class_weights = class_weights(args, &data, true)?;
@@ -346,6 +331,23 @@ pub(crate) fn train_config(args: &TrainArgs, task_names: &[String]) -> Result<Tr
         checkpoint_every: args.checkpoint_every,
         monitor,
     })
+}
+
+/// The model the flags and the data describe.
+pub(crate) fn model_config(args: &TrainArgs, data: &Prepared) -> ModelConfig {
+    let task = |(name, classes): &(String, Vec<String>)| TaskConfig {
+        name: name.clone(),
+        hidden: args.hidden,
+        classes: classes.clone(),
+    };
+    ModelConfig {
+        embed_dim: args.embed_dim,
+        filters: args.filters,
+        kernel_size: args.kernel_size,
+        max_len: args.max_len,
+        lowercase: true,
+        tasks: data.tasks.iter().map(task).collect(),
+    }
 }
 
 /// Per-class loss weights from `--class-weight` (`[sum C]` in task order),
