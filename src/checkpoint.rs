@@ -17,6 +17,7 @@ use safetensors::SafeTensors;
 
 use crate::fsutil::write_atomic;
 use crate::model::file::{check_config, parse_vocab, read_f32s, read_regular_file, MAX_FILE_BYTES};
+use crate::model::network::LossScale;
 use crate::model::{ModelConfig, Shape};
 use crate::train::RunState;
 
@@ -252,6 +253,13 @@ fn check_run(run: &serde_json::Value, tasks: usize) -> Result<()> {
         bail!("epoch must be a number from 1");
     }
     per_task("mix_total", &run["mix_total"])?;
+    if !run["loss_scale"].is_null() {
+        let scale: LossScale = serde_json::from_value(run["loss_scale"].clone())
+            .context("loss_scale is not a scale and a step count")?;
+        if !scale.is_valid() {
+            bail!("loss_scale {scale:?} is not a power of two in range");
+        }
+    }
     let Some(weighting) = run["weighting"].as_object() else {
         bail!("weighting is missing");
     };
@@ -318,6 +326,34 @@ mod tests {
             state_path(Path::new("model.bin")),
             Path::new("model.bin.state.safetensors")
         );
+    }
+
+    #[test]
+    fn a_stored_loss_scale_must_be_one_scaling_could_reach() {
+        let run = |scale: serde_json::Value| {
+            serde_json::json!({
+                "epoch": 1,
+                "mix_total": [0.0],
+                "weighting": {},
+                "loss_scale": scale,
+            })
+        };
+        let good = serde_json::json!({"scale": 65536.0, "good_steps": 12});
+        assert!(check_run(&run(good), 1).is_ok());
+        assert!(check_run(&run(serde_json::Value::Null), 1).is_ok());
+        for bad in [
+            serde_json::json!({"scale": 3.0, "good_steps": 0}),
+            serde_json::json!({"scale": 1.0e30, "good_steps": 0}),
+            serde_json::json!({"scale": 1024.0, "good_steps": 5000}),
+            serde_json::json!({"scale": -2.0, "good_steps": 0}),
+            serde_json::json!(7),
+        ] {
+            let error = check_run(&run(bad.clone()), 1).unwrap_err();
+            assert!(
+                format!("{error:#}").contains("loss_scale"),
+                "{bad}: {error:#}"
+            );
+        }
     }
 
     #[test]

@@ -71,6 +71,11 @@ pub trait Backend {
     /// Waits until all queued work has finished (a no-op on the CPU).
     fn synchronize(&self) -> Result<()>;
 
+    /// Whether training needs dynamic loss scaling (fp16 working copies).
+    fn needs_loss_scaling(&self) -> bool {
+        false
+    }
+
     /// Embedding gather + convolution + bias + ReLU + masked max over time.
     ///
     /// Writes `h [rows, F]` (the pooled features) and `win [rows, F]` (the

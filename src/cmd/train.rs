@@ -555,6 +555,9 @@ fn epoch_line(report: &EpochReport) -> String {
     {
         line += &format!(" | weights {}", weights.join(","));
     }
+    if let (Some(scale), Some(skipped)) = (report.loss_scale, report.skipped_steps) {
+        line += &format!(" | loss scale {scale} ({skipped} steps skipped)");
+    }
     line += &format!(
         " | {:.2} s {:.0} ex/s",
         report.seconds, report.examples_per_second

@@ -2,6 +2,7 @@
 //! [`Backend`] trait, with the device buffers they need.
 
 use anyhow::{ensure, Result};
+use serde::{Deserialize, Serialize};
 
 use crate::backend::{AdamStep, Backend, TokenBatch};
 use crate::model::Shape;
@@ -108,6 +109,61 @@ impl GradientMix for Sum {
     }
 }
 
+/// Dynamic loss scaling, for fp16 working copies.
+///
+/// The loss is multiplied by `scale` before the backward pass so that small
+/// gradients survive half precision, and Adam divides it out again. A step
+/// whose gradient is not finite is skipped and the scale halved; after
+/// [`LossScale::GROWTH_INTERVAL`] good steps in a row it doubles. The scale
+/// is always a power of two, so scaling and unscaling are exact in fp32 and
+/// a run with scaling takes the same steps as one without, apart from the
+/// skipped ones.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LossScale {
+    pub scale: f32,
+    /// Finite steps since the scale last changed.
+    pub good_steps: u32,
+}
+
+impl LossScale {
+    pub const INITIAL: f32 = 65536.0;
+    pub const GROWTH_INTERVAL: u32 = 2000;
+    pub const MIN: f32 = 1.0 / 16_777_216.0;
+    pub const MAX: f32 = 16_777_216.0;
+
+    pub fn initial() -> LossScale {
+        LossScale {
+            scale: LossScale::INITIAL,
+            good_steps: 0,
+        }
+    }
+
+    /// Records whether this step's gradient was finite; returns whether the
+    /// step is to be applied.
+    pub fn update(&mut self, finite: bool) -> bool {
+        if !finite {
+            self.scale = (self.scale / 2.0).max(LossScale::MIN);
+            self.good_steps = 0;
+            return false;
+        }
+        self.good_steps += 1;
+        if self.good_steps >= LossScale::GROWTH_INTERVAL {
+            self.scale = (self.scale * 2.0).min(LossScale::MAX);
+            self.good_steps = 0;
+        }
+        true
+    }
+
+    /// Whether a stored scale is one this type could have produced.
+    pub fn is_valid(&self) -> bool {
+        let power_of_two =
+            self.scale.is_finite() && self.scale > 0.0 && self.scale.to_bits() & 0x007f_ffff == 0;
+        power_of_two
+            && (LossScale::MIN..=LossScale::MAX).contains(&self.scale)
+            && self.good_steps < LossScale::GROWTH_INTERVAL
+    }
+}
+
 impl StepLosses {
     /// `sum_i w_i * mean CE_i`; a task without labels in the batch adds 0.
     pub fn weighted(&self, weights: &[f32]) -> f64 {
@@ -148,6 +204,10 @@ pub struct Network<B: Backend> {
     v: B::Floats,
     /// Adam steps taken so far.
     pub step: u64,
+    /// Multiplies the loss before the backward pass (a power of two; 1
+    /// unless fp16 loss scaling is on). The gradient buffer holds scaled
+    /// gradients and Adam divides the scale out.
+    pub loss_scale: f32,
     max_rows: usize,
     max_width: usize,
     ws: Workspace<B>,
@@ -204,6 +264,7 @@ impl<B: Backend> Network<B> {
             v: backend.floats(shape.len)?,
             params: device_params,
             step: 0,
+            loss_scale: 1.0,
             max_rows,
             max_width,
             host_logits: vec![0.0; max_rows * shape.sum_classes()],
@@ -357,7 +418,13 @@ impl<B: Backend> Network<B> {
         let scales: Vec<f32> = counts
             .iter()
             .zip(task_weights)
-            .map(|(&n, &w)| if n > 0.0 { (w as f64 / n) as f32 } else { 0.0 })
+            .map(|(&n, &w)| {
+                if n > 0.0 {
+                    (w as f64 * self.loss_scale as f64 / n) as f32
+                } else {
+                    0.0
+                }
+            })
             .collect();
 
         let Workspace {
@@ -400,7 +467,10 @@ impl<B: Backend> Network<B> {
         )?;
         let len = batch.rows * self.shape.dims.filters;
         let gram = if mix.needs_gram() {
-            let gram = self.backend.task_gram(dh_tasks, tasks, len)?;
+            // The methods see the gradients of the unscaled loss.
+            let unscale = 1.0 / (self.loss_scale as f64 * self.loss_scale as f64);
+            let mut gram = self.backend.task_gram(dh_tasks, tasks, len)?;
+            gram.iter_mut().for_each(|g| *g *= unscale);
             let coeffs: Vec<f32> = mix.coefficients(&gram).iter().map(|&c| c as f32).collect();
             self.backend.combine_tasks(dh_tasks, &coeffs, len, dh)?;
             gram
@@ -431,7 +501,7 @@ impl<B: Backend> Network<B> {
         Ok(StepLosses { sums, counts, gram })
     }
 
-    /// The gradient buffer, on the host.
+    /// The gradient buffer, on the host (multiplied by the loss scale).
     pub fn grads_to_host(&self) -> Result<Vec<f32>> {
         let mut out = vec![0.0; self.shape.len];
         self.backend.download_floats(&self.grads, &mut out)?;
@@ -447,7 +517,7 @@ impl<B: Backend> Network<B> {
             beta2: adam.beta2,
             eps: adam.eps,
             step: self.step,
-            grad_scale: 1.0,
+            grad_scale: 1.0 / self.loss_scale,
         };
         self.backend.adam(
             &mut self.params,

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::Backend;
 use crate::data::dataset::Encoded;
-use crate::model::network::{AdamConfig, HostBatch, Network};
+use crate::model::network::{AdamConfig, HostBatch, LossScale, Network};
 use crate::rng::Rng;
 use metrics::Confusion;
 use weighting::{Method, Weighting};
@@ -135,6 +135,12 @@ pub struct EpochReport {
     /// over the epoch (1 unless a gradient-based weighting is in use).
     #[serde(serialize_with = "ordered_map")]
     pub gradient_mix: Vec<(String, f64)>,
+    /// The fp16 loss scale at the end of the epoch, when scaling is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<f32>,
+    /// Steps skipped because the scaled gradient overflowed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped_steps: Option<usize>,
 }
 
 fn ordered_map<S: serde::Serializer, V: Serialize>(
@@ -277,6 +283,12 @@ pub struct RunState {
     pub best: Option<(usize, f64)>,
     /// Epochs since the best one.
     pub since_best: usize,
+    /// Dynamic loss scaling, when the backend needs it (fp16).
+    #[serde(default)]
+    pub loss_scale: Option<LossScale>,
+    /// Steps skipped in this epoch because the scaled gradient overflowed.
+    #[serde(default)]
+    pub skipped_steps: usize,
 }
 
 impl RunState {
@@ -292,6 +304,8 @@ impl RunState {
             weighting: Weighting::new(config.weighting, base, lr, Rng::derived(seed, 3, 0)),
             best: None,
             since_best: 0,
+            loss_scale: None,
+            skipped_steps: 0,
         }
     }
 }
@@ -350,6 +364,9 @@ pub fn train<B: Backend>(
     if let Some(weights) = &config.class_weights {
         net.set_class_weights(weights)?;
     }
+    if state.loss_scale.is_none() && net.backend.needs_loss_scaling() {
+        state.loss_scale = Some(LossScale::initial());
+    }
     let mut batch = HostBatch::default();
     let mut mask = vec![0.0f32; config.batch_size * filters];
     let mut reports = Vec::with_capacity(config.epochs);
@@ -387,6 +404,7 @@ pub fn train<B: Backend>(
 
             let weighting = &mut state.weighting;
             let weights: Vec<f32> = weighting.loss_weights().iter().map(|&w| w as f32).collect();
+            net.loss_scale = state.loss_scale.map_or(1.0, |s| s.scale);
             let losses = net.backward(&batch, &weights, weighting, dropout)?;
             let loss = losses.weighted(&weights);
             if !loss.is_finite() {
@@ -402,7 +420,15 @@ pub fn train<B: Backend>(
             for (total, c) in state.mix_total.iter_mut().zip(&weighting.last_coeffs) {
                 *total += c;
             }
-            net.adam_step(&config.adam)?;
+            let apply = match &mut state.loss_scale {
+                Some(scale) => scale.update(net.grads_finite()?),
+                None => true,
+            };
+            if apply {
+                net.adam_step(&config.adam)?;
+            } else {
+                state.skipped_steps += 1;
+            }
             state.loss_total += loss;
             state.batches_done = step + 1;
             let mean = state.loss_total / (step + 1) as f64;
@@ -460,11 +486,14 @@ pub fn train<B: Backend>(
             valid: valid_scores,
             loss_weights: named(state.weighting.loss_weights()),
             gradient_mix: named(state.mix_total.iter().map(|t| t / batches as f64).collect()),
+            loss_scale: state.loss_scale.map(|s| s.scale),
+            skipped_steps: state.loss_scale.map(|_| state.skipped_steps),
         };
 
         state.epoch += 1;
         state.batches_done = 0;
         state.loss_total = 0.0;
+        state.skipped_steps = 0;
         state.mix_total.iter_mut().for_each(|t| *t = 0.0);
         let mut stop = false;
         if let Some(monitor) = &config.monitor {

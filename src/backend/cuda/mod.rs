@@ -366,6 +366,10 @@ impl Backend for CudaBackend {
         )
     }
 
+    fn needs_loss_scaling(&self) -> bool {
+        self.precision == Precision::Fp16
+    }
+
     fn floats(&self, len: usize) -> Result<CudaSlice<f32>> {
         let buffer = self
             .stream
