@@ -13,7 +13,7 @@
 use half::{bf16, f16};
 use polyhead::backend::cpu::CpuBackend;
 use polyhead::backend::cuda::{probe_device, CudaBackend, Precision};
-use polyhead::backend::{AdamStep, Backend, TokenBatch};
+use polyhead::backend::{AdamStep, Backend, DeviceTexts, DropoutDraw, TokenBatch};
 use polyhead::model::{Dims, HeadDims, Shape};
 
 const FP32_TOLERANCE: f64 = 1e-5;
@@ -717,6 +717,77 @@ fn heads_and_loss_match_cpu() {
             "task Gram: {err}"
         );
     }
+}
+
+/// Batches gathered from a device-resident data set and dropout masks: both
+/// are integer work, so the GPU must give exactly the CPU's values.
+#[test]
+fn gather_and_dropout_mask_match_cpu_exactly() {
+    let Some(mut gpu) = gpu(Precision::Fp32) else {
+        return;
+    };
+    let mut rng = Rng::fresh("gather_dropout");
+    let mut cpu = CpuBackend::new();
+    let (data_rows, tasks) = (500, 3);
+    let mut tokens = Vec::new();
+    let mut offsets = vec![0i32];
+    for _ in 0..data_rows {
+        let len = rng.below(40);
+        tokens.extend((0..len).map(|_| 1 + rng.below(999) as i32));
+        offsets.push(tokens.len() as i32);
+    }
+    let labels: Vec<i32> = (0..tasks * data_rows)
+        .map(|_| rng.below(6) as i32 - 1)
+        .collect();
+    let order: Vec<i32> = (0..700).map(|_| rng.below(data_rows) as i32).collect();
+    let (start, rows, width) = (rng.below(300), 256, 40);
+
+    let cpu_texts = DeviceTexts::<CpuBackend> {
+        tokens: tokens.clone(),
+        offsets: offsets.clone(),
+        labels: labels.clone(),
+        rows: data_rows,
+        tasks,
+    };
+    let (mut t_c, mut l_c, mut y_c) = (vec![0; rows * width], vec![0; rows], vec![0; tasks * rows]);
+    cpu.gather_batch(
+        &cpu_texts, &order, start, rows, width, &mut t_c, &mut l_c, &mut y_c,
+    )
+    .unwrap();
+
+    let gpu_texts = DeviceTexts::<CudaBackend> {
+        tokens: up_ints(&gpu, &tokens),
+        offsets: up_ints(&gpu, &offsets),
+        labels: up_ints(&gpu, &labels),
+        rows: data_rows,
+        tasks,
+    };
+    let poison = |n: usize| vec![i32::MIN; n];
+    let mut t_d = up_ints(&gpu, &poison(rows * width));
+    let mut l_d = up_ints(&gpu, &poison(rows));
+    let mut y_d = up_ints(&gpu, &poison(tasks * rows));
+    let order_d = up_ints(&gpu, &order);
+    gpu.gather_batch(
+        &gpu_texts, &order_d, start, rows, width, &mut t_d, &mut l_d, &mut y_d,
+    )
+    .unwrap();
+    assert_eq!(down_ints(&gpu, &t_d, rows * width), t_c, "gathered tokens");
+    assert_eq!(down_ints(&gpu, &l_d, rows), l_c, "gathered lengths");
+    assert_eq!(down_ints(&gpu, &y_d, tasks * rows), y_c, "gathered labels");
+
+    let len = 300_001;
+    let draw = DropoutDraw::new(rng.next(), 0.35);
+    let mut mask_c = vec![0.0; len];
+    cpu.dropout_mask(&mut mask_c, len, &draw).unwrap();
+    let mut mask_d = poisoned(&gpu, len);
+    gpu.dropout_mask(&mut mask_d, len, &draw).unwrap();
+    let got = down(&gpu, &mask_d, len);
+    let same = got
+        .iter()
+        .zip(&mask_c)
+        .all(|(a, b)| a.to_bits() == b.to_bits());
+    assert!(same, "dropout masks differ");
+    println!("gather and dropout: identical to the CPU");
 }
 
 #[test]

@@ -36,6 +36,64 @@ pub struct TokenBatch<'a, B: Backend + ?Sized> {
     pub width: usize,
 }
 
+/// A training set held on the device for a whole run, so that a batch is
+/// assembled there from row indices ([`Backend::gather_batch`]) instead of
+/// being copied from the host at every step.
+pub struct DeviceTexts<B: Backend + ?Sized> {
+    /// Token ids of all texts, back to back.
+    pub tokens: B::Ints,
+    /// `[rows + 1]`: text `r` is `tokens[offsets[r]..offsets[r + 1]]`.
+    pub offsets: B::Ints,
+    /// `[tasks, rows]`: class index or -1 for a missing label.
+    pub labels: B::Ints,
+    pub rows: usize,
+    pub tasks: usize,
+}
+
+/// Where dropout's mask comes from: element `j` of a step's mask is 0 when
+/// `dropout_bits(key, j) < threshold` and `keep_scale` otherwise. Integer
+/// arithmetic only, so every backend draws the same mask.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DropoutDraw {
+    pub key: u64,
+    /// `rate * 2^24`, rounded down.
+    pub threshold: u32,
+    /// `1 / (1 - rate)`.
+    pub keep_scale: f32,
+}
+
+impl DropoutDraw {
+    pub fn new(key: u64, rate: f32) -> DropoutDraw {
+        DropoutDraw {
+            key,
+            threshold: (rate as f64 * DROPOUT_ONE as f64) as u32,
+            keep_scale: 1.0 / (1.0 - rate),
+        }
+    }
+
+    pub fn mask_value(&self, index: u64) -> f32 {
+        if dropout_bits(self.key, index) < self.threshold {
+            0.0
+        } else {
+            self.keep_scale
+        }
+    }
+}
+
+/// `dropout_bits` draws from `0..DROPOUT_ONE`.
+pub const DROPOUT_ONE: u32 = 1 << 24;
+
+/// 24 random bits for element `index` of the mask drawn with `key`: the
+/// SplitMix64 output function of `key + (index + 1) * golden ratio`, a
+/// counter-based draw that any thread can make on its own.
+pub fn dropout_bits(key: u64, index: u64) -> u32 {
+    let mut z = key.wrapping_add(index.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z >> 40) as u32
+}
+
 /// Hyper-parameters of one Adam step (PyTorch's formulation, no weight decay).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamStep {
@@ -171,6 +229,31 @@ pub trait Backend {
     /// The Gram matrix `G[i][j] = <dh_tasks[i], dh_tasks[j]>` (row-major,
     /// `tasks x tasks`), summed in float64.
     fn task_gram(&mut self, dh_tasks: &Self::Floats, tasks: usize, len: usize) -> Result<Vec<f64>>;
+
+    /// Assembles a batch from a data set on the device: for `b < rows`, with
+    /// `r = order[start + b]`, text `r` padded with 0 to `width` goes to
+    /// `tokens[b]`, its length to `lengths[b]` and its label for task `i` to
+    /// `labels[i * rows + b]`. Every gathered text must fit in `width`.
+    #[allow(clippy::too_many_arguments)]
+    fn gather_batch(
+        &mut self,
+        data: &DeviceTexts<Self>,
+        order: &Self::Ints,
+        start: usize,
+        rows: usize,
+        width: usize,
+        tokens: &mut Self::Ints,
+        lengths: &mut Self::Ints,
+        labels: &mut Self::Ints,
+    ) -> Result<()>;
+
+    /// Writes the first `len` elements of dropout's mask (see [`DropoutDraw`]).
+    fn dropout_mask(
+        &mut self,
+        mask: &mut Self::Floats,
+        len: usize,
+        draw: &DropoutDraw,
+    ) -> Result<()>;
 
     /// `x[i] *= mask[i]` for `i < len` (dropout on `h` and on its gradient).
     fn multiply(&mut self, x: &mut Self::Floats, mask: &Self::Floats, len: usize) -> Result<()>;

@@ -10,6 +10,7 @@ use serde_json::json;
 use crate::backend::cpu::CpuBackend;
 use crate::backend::Backend;
 use crate::cli::{BackendArg, BenchArgs, Lengths};
+use crate::data::dataset::Encoded;
 use crate::model::init::initial_params;
 use crate::model::network::{AdamConfig, HostBatch, Network, Sum};
 use crate::model::{Dims, HeadDims, Shape};
@@ -65,8 +66,26 @@ fn bench_on<B: Backend>(backend: B, args: &BenchArgs) -> Result<()> {
         net.logits(&batches[i % BATCH_SETS])?;
         net.backend.synchronize()
     })?;
+    // Training steps gather their batch from a data set already on the
+    // device, as `train` does.
+    let data = as_data_set(&batches, args.classes.len());
+    let texts = net.upload_texts(&data)?;
+    let order: Vec<usize> = (0..data.rows()).collect();
+    let device_order = net.upload_order(&order)?;
     let step = time(args, |i| {
-        net.backward(&batches[i % BATCH_SETS], &weights, &mut Sum, None)?;
+        let start = (i % BATCH_SETS) * args.batch;
+        let rows = &order[start..start + args.batch];
+        let mix = &mut Sum;
+        net.backward_rows(
+            &texts,
+            &data,
+            &device_order,
+            start,
+            rows,
+            &weights,
+            mix,
+            None,
+        )?;
         net.adam_step(&adam)?;
         net.backend.synchronize()
     })?;
@@ -174,6 +193,30 @@ fn synthetic_batches(args: &BenchArgs, rng: &mut Rng) -> Vec<HostBatch> {
             batch
         })
         .collect()
+}
+
+/// The batches back to back as one data set.
+fn as_data_set(batches: &[HostBatch], tasks: usize) -> Encoded {
+    let mut data = Encoded {
+        tokens: Vec::new(),
+        offsets: vec![0],
+        labels: vec![Vec::new(); tasks],
+        lines: Vec::new(),
+        sources: Vec::new(),
+    };
+    for batch in batches {
+        for (b, &len) in batch.lengths.iter().enumerate() {
+            data.tokens
+                .extend_from_slice(&batch.tokens[b * batch.width..][..len as usize]);
+            data.offsets.push(data.tokens.len());
+            data.lines.push(data.lines.len() + 1);
+            data.sources.push(0);
+        }
+        for (i, labels) in data.labels.iter_mut().enumerate() {
+            labels.extend_from_slice(&batch.labels[i * batch.rows..][..batch.rows]);
+        }
+    }
+    data
 }
 
 /// Seconds per call of `run`, for `args.steps` calls after `args.warmup`.

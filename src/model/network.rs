@@ -4,7 +4,8 @@
 use anyhow::{ensure, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{AdamStep, Backend, TokenBatch};
+use crate::backend::{AdamStep, Backend, DeviceTexts, DropoutDraw, TokenBatch};
+use crate::data::dataset::Encoded;
 use crate::model::Shape;
 
 /// A batch of texts on the host, padded to a common width.
@@ -326,14 +327,7 @@ impl<B: Backend> Network<B> {
     }
 
     fn upload_batch(&mut self, batch: &HostBatch) -> Result<()> {
-        ensure!(
-            batch.rows <= self.max_rows && batch.width <= self.max_width,
-            "batch of {}x{} exceeds the buffers ({}x{})",
-            batch.rows,
-            batch.width,
-            self.max_rows,
-            self.max_width
-        );
+        self.check_batch(batch.rows, batch.width)?;
         self.backend
             .upload_ints(&mut self.ws.tokens, &batch.tokens)?;
         self.backend
@@ -341,8 +335,54 @@ impl<B: Backend> Network<B> {
         Ok(())
     }
 
-    fn encode_and_heads(&mut self, batch: &HostBatch, dropout_mask: Option<&[f32]>) -> Result<()> {
-        self.upload_batch(batch)?;
+    fn check_batch(&self, rows: usize, width: usize) -> Result<()> {
+        ensure!(
+            rows <= self.max_rows && width <= self.max_width,
+            "batch of {rows}x{width} exceeds the buffers ({}x{})",
+            self.max_rows,
+            self.max_width
+        );
+        Ok(())
+    }
+
+    /// Puts a training set on the backend for the whole run; batches are
+    /// then gathered there ([`Network::backward_rows`]).
+    pub fn upload_texts(&self, data: &Encoded) -> Result<DeviceTexts<B>> {
+        let rows = data.rows();
+        let tasks = self.shape.tasks();
+        ensure!(
+            data.labels.len() == tasks,
+            "labels for {tasks} tasks expected"
+        );
+        ensure!(
+            data.tokens.len() < i32::MAX as usize,
+            "{} tokens: more than one device buffer can index",
+            data.tokens.len()
+        );
+        let offsets: Vec<i32> = data.offsets.iter().map(|&o| o as i32).collect();
+        let labels: Vec<i32> = data.labels.iter().flatten().copied().collect();
+        let mut texts = DeviceTexts {
+            tokens: self.backend.ints(data.tokens.len().max(1))?,
+            offsets: self.backend.ints(offsets.len())?,
+            labels: self.backend.ints(labels.len().max(1))?,
+            rows,
+            tasks,
+        };
+        self.backend.upload_ints(&mut texts.tokens, &data.tokens)?;
+        self.backend.upload_ints(&mut texts.offsets, &offsets)?;
+        self.backend.upload_ints(&mut texts.labels, &labels)?;
+        Ok(texts)
+    }
+
+    /// An epoch's row order, on the backend.
+    pub fn upload_order(&self, order: &[usize]) -> Result<B::Ints> {
+        let order: Vec<i32> = order.iter().map(|&r| r as i32).collect();
+        let mut device = self.backend.ints(order.len().max(1))?;
+        self.backend.upload_ints(&mut device, &order)?;
+        Ok(device)
+    }
+
+    fn encode_and_heads(&mut self, rows: usize, width: usize) -> Result<()> {
         let Workspace {
             tokens,
             lengths,
@@ -350,28 +390,24 @@ impl<B: Backend> Network<B> {
             win,
             hidden,
             logits,
-            mask,
             ..
         } = &mut self.ws;
         let tokens = TokenBatch {
             tokens,
             lengths,
-            rows: batch.rows,
-            width: batch.width,
+            rows,
+            width,
         };
         self.backend
             .encoder_forward(&self.shape, &self.params, &tokens, h, win)?;
-        if let Some(host_mask) = dropout_mask {
-            self.backend.upload_floats(mask, host_mask)?;
-            self.backend.multiply(h, mask, host_mask.len())?;
-        }
         self.backend
-            .heads_forward(&self.shape, &self.params, h, batch.rows, hidden, logits)
+            .heads_forward(&self.shape, &self.params, h, rows, hidden, logits)
     }
 
     /// Logits `[rows, sum C]` of every task for `batch` (no dropout).
     pub fn logits(&mut self, batch: &HostBatch) -> Result<&[f32]> {
-        self.encode_and_heads(batch, None)?;
+        self.upload_batch(batch)?;
+        self.encode_and_heads(batch.rows, batch.width)?;
         let n = batch.rows * self.shape.sum_classes();
         self.backend
             .download_floats(&self.ws.logits, &mut self.host_logits[..n])?;
@@ -380,7 +416,8 @@ impl<B: Backend> Network<B> {
 
     /// Pooled features `h [rows, F]` for `batch`.
     pub fn features(&mut self, batch: &HostBatch) -> Result<Vec<f32>> {
-        self.encode_and_heads(batch, None)?;
+        self.upload_batch(batch)?;
+        self.encode_and_heads(batch.rows, batch.width)?;
         let mut h = vec![0.0; batch.rows * self.shape.dims.filters];
         self.backend.download_floats(&self.ws.h, &mut h)?;
         Ok(h)
@@ -394,27 +431,100 @@ impl<B: Backend> Network<B> {
         batch: &HostBatch,
         task_weights: &[f32],
         mix: &mut dyn GradientMix,
-        dropout_mask: Option<&[f32]>,
+        dropout: Option<&DropoutDraw>,
     ) -> Result<StepLosses> {
         let tasks = self.shape.tasks();
         ensure!(
             batch.labels.len() == tasks * batch.rows,
             "labels do not match the batch"
         );
-        self.encode_and_heads(batch, dropout_mask)?;
+        self.upload_batch(batch)?;
         self.backend
             .upload_ints(&mut self.ws.labels, &batch.labels)?;
+        let counts = self.label_weights(batch.rows, |i, b| batch.labels[i * batch.rows + b]);
+        self.backward_loaded(batch.rows, batch.width, counts, task_weights, mix, dropout)
+    }
 
-        let counts: Vec<f64> = (0..tasks)
+    /// [`Network::backward`] for the rows `order[start..start + rows.len()]`
+    /// of a data set already on the backend: the batch is gathered there,
+    /// so a step copies no tokens from the host. `rows` is that slice of
+    /// the order on the host and `host` the data set itself, for the batch
+    /// width and the label counts.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_rows(
+        &mut self,
+        texts: &DeviceTexts<B>,
+        host: &Encoded,
+        order: &B::Ints,
+        start: usize,
+        rows: &[usize],
+        task_weights: &[f32],
+        mix: &mut dyn GradientMix,
+        dropout: Option<&DropoutDraw>,
+    ) -> Result<StepLosses> {
+        ensure!(
+            texts.rows == host.rows() && texts.tasks == self.shape.tasks(),
+            "the device data set does not match the host one"
+        );
+        ensure!(
+            rows.iter().all(|&r| r < host.rows()),
+            "a row index past the data set"
+        );
+        let width = rows
+            .iter()
+            .map(|&r| host.text(r).len())
+            .max()
+            .unwrap_or(0)
+            .max(self.shape.dims.kernel);
+        self.check_batch(rows.len(), width)?;
+        let Workspace {
+            tokens,
+            lengths,
+            labels,
+            ..
+        } = &mut self.ws;
+        self.backend.gather_batch(
+            texts,
+            order,
+            start,
+            rows.len(),
+            width,
+            tokens,
+            lengths,
+            labels,
+        )?;
+        let counts = self.label_weights(rows.len(), |i, b| host.labels[i][rows[b]]);
+        self.backward_loaded(rows.len(), width, counts, task_weights, mix, dropout)
+    }
+
+    /// Per task: the sum of the class weights of the labelled rows, with
+    /// `label(i, b)` the label of row `b` for task `i`.
+    fn label_weights(&self, rows: usize, label: impl Fn(usize, usize) -> i32) -> Vec<f64> {
+        (0..self.shape.tasks())
             .map(|i| {
                 let offset = self.shape.class_offset(i);
-                batch.labels[i * batch.rows..(i + 1) * batch.rows]
-                    .iter()
-                    .filter(|&&y| y >= 0)
-                    .map(|&y| self.class_weights[offset + y as usize] as f64)
+                (0..rows)
+                    .map(|b| label(i, b))
+                    .filter(|&y| y >= 0)
+                    .map(|y| self.class_weights[offset + y as usize] as f64)
                     .sum()
             })
-            .collect();
+            .collect()
+    }
+
+    /// Forward, loss and backward of the batch in the workspace.
+    fn backward_loaded(
+        &mut self,
+        rows: usize,
+        width: usize,
+        counts: Vec<f64>,
+        task_weights: &[f32],
+        mix: &mut dyn GradientMix,
+        dropout: Option<&DropoutDraw>,
+    ) -> Result<StepLosses> {
+        let tasks = self.shape.tasks();
+        let len = rows * self.shape.dims.filters;
+        self.encode_and_heads_training(rows, width, len, dropout)?;
         let scales: Vec<f32> = counts
             .iter()
             .zip(task_weights)
@@ -447,7 +557,7 @@ impl<B: Backend> Network<B> {
             logits,
             labels,
             class_weights,
-            batch.rows,
+            rows,
             &scales,
             dlogits,
             loss_sums,
@@ -461,11 +571,10 @@ impl<B: Backend> Network<B> {
             h,
             hidden,
             dlogits,
-            batch.rows,
+            rows,
             &mut self.grads,
             dh_tasks,
         )?;
-        let len = batch.rows * self.shape.dims.filters;
         let gram = if mix.needs_gram() {
             // The methods see the gradients of the unscaled loss.
             let unscale = 1.0 / (self.loss_scale as f64 * self.loss_scale as f64);
@@ -479,15 +588,15 @@ impl<B: Backend> Network<B> {
                 .combine_tasks(dh_tasks, &self.unit_coeffs, len, dh)?;
             Vec::new()
         };
-        if dropout_mask.is_some() {
+        if dropout.is_some() {
             self.backend.multiply(dh, mask, len)?;
         }
 
         let tokens = TokenBatch {
             tokens,
             lengths,
-            rows: batch.rows,
-            width: batch.width,
+            rows,
+            width,
         };
         self.backend.encoder_backward(
             &self.shape,
@@ -499,6 +608,42 @@ impl<B: Backend> Network<B> {
             &mut self.grads,
         )?;
         Ok(StepLosses { sums, counts, gram })
+    }
+
+    /// The forward pass of a training step: dropout, when asked for, masks
+    /// `h` between the encoder and the heads.
+    fn encode_and_heads_training(
+        &mut self,
+        rows: usize,
+        width: usize,
+        len: usize,
+        dropout: Option<&DropoutDraw>,
+    ) -> Result<()> {
+        let Some(draw) = dropout else {
+            return self.encode_and_heads(rows, width);
+        };
+        let Workspace {
+            tokens,
+            lengths,
+            h,
+            win,
+            hidden,
+            logits,
+            mask,
+            ..
+        } = &mut self.ws;
+        let batch = TokenBatch {
+            tokens,
+            lengths,
+            rows,
+            width,
+        };
+        self.backend
+            .encoder_forward(&self.shape, &self.params, &batch, h, win)?;
+        self.backend.dropout_mask(mask, len, draw)?;
+        self.backend.multiply(h, mask, len)?;
+        self.backend
+            .heads_forward(&self.shape, &self.params, h, rows, hidden, logits)
     }
 
     /// The gradient buffer, on the host (multiplied by the loss scale).

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, DropoutDraw};
 use crate::data::dataset::Encoded;
 use crate::model::network::{AdamConfig, HostBatch, LossScale, Network};
 use crate::rng::Rng;
@@ -353,7 +353,6 @@ pub fn train<B: Backend>(
 ) -> Result<Vec<EpochReport>> {
     let shape = net.shape.clone();
     let tasks = shape.tasks();
-    let filters = shape.dims.filters;
     let rows: Vec<usize> = (0..train.rows())
         .filter(|&r| (0..tasks).any(|i| train.labels[i][r] >= 0))
         .collect();
@@ -367,8 +366,9 @@ pub fn train<B: Backend>(
     if state.loss_scale.is_none() && net.backend.needs_loss_scaling() {
         state.loss_scale = Some(LossScale::initial());
     }
-    let mut batch = HostBatch::default();
-    let mut mask = vec![0.0f32; config.batch_size * filters];
+    // The training set goes to the backend once; a step gathers its batch
+    // there from the epoch's row order.
+    let texts = net.upload_texts(train)?;
     let mut reports = Vec::with_capacity(config.epochs);
 
     while state.epoch <= config.epochs {
@@ -376,36 +376,29 @@ pub fn train<B: Backend>(
         observe(net, Event::EpochStart { epoch, batches })?;
         let mut rng = Rng::derived(state.seed, 1, epoch as u64);
         let order = epoch_order(&rows, &train.sources, config.sampling, &mut rng);
+        let device_order = net.upload_order(&order)?;
         let started = Instant::now();
         let first = state.batches_done;
 
         for (step, chunk) in order.chunks(config.batch_size).enumerate().skip(first) {
-            batch.fill(chunk.iter().map(|&r| train.text(r)), shape.dims.kernel);
-            for i in 0..tasks {
-                batch
-                    .labels
-                    .extend(chunk.iter().map(|&r| train.labels[i][r]));
-            }
-            let dropout = if config.dropout > 0.0 {
-                let keep = 1.0 / (1.0 - config.dropout);
-                let n = chunk.len() * filters;
-                let mut rng = Rng::derived(state.seed, 2, net.step);
-                for m in &mut mask[..n] {
-                    *m = if rng.next_f64() < config.dropout as f64 {
-                        0.0
-                    } else {
-                        keep
-                    };
-                }
-                Some(&mask[..n])
-            } else {
-                None
-            };
+            let dropout = (config.dropout > 0.0).then(|| {
+                let key = Rng::derived(state.seed, 2, net.step).next_u64();
+                DropoutDraw::new(key, config.dropout)
+            });
 
             let weighting = &mut state.weighting;
             let weights: Vec<f32> = weighting.loss_weights().iter().map(|&w| w as f32).collect();
             net.loss_scale = state.loss_scale.map_or(1.0, |s| s.scale);
-            let losses = net.backward(&batch, &weights, weighting, dropout)?;
+            let losses = net.backward_rows(
+                &texts,
+                train,
+                &device_order,
+                step * config.batch_size,
+                chunk,
+                &weights,
+                weighting,
+                dropout.as_ref(),
+            )?;
             let loss = losses.weighted(&weights);
             if !loss.is_finite() {
                 bail!(

@@ -32,8 +32,9 @@ pub mod simd;
 mod stream;
 
 use anyhow::{ensure, Result};
+use rayon::prelude::*;
 
-use super::{AdamStep, Backend, TokenBatch};
+use super::{AdamStep, Backend, DeviceTexts, DropoutDraw, TokenBatch};
 use crate::model::Shape;
 
 pub use simd::{simd_path, SimdPath};
@@ -464,6 +465,61 @@ impl Backend for CpuBackend {
     fn task_gram(&mut self, dh_tasks: &Vec<f32>, tasks: usize, len: usize) -> Result<Vec<f64>> {
         check_len("dh_tasks", dh_tasks, tasks * len)?;
         Ok(adam::gram(self.path, dh_tasks, tasks, len))
+    }
+
+    fn gather_batch(
+        &mut self,
+        data: &DeviceTexts<Self>,
+        order: &Vec<i32>,
+        start: usize,
+        rows: usize,
+        width: usize,
+        tokens: &mut Vec<i32>,
+        lengths: &mut Vec<i32>,
+        labels: &mut Vec<i32>,
+    ) -> Result<()> {
+        check_len("order", order, start + rows)?;
+        check_len("offsets", &data.offsets, data.rows + 1)?;
+        check_len("data labels", &data.labels, data.tasks * data.rows)?;
+        check_len("tokens", tokens, rows * width)?;
+        check_len("lengths", lengths, rows)?;
+        check_len("labels", labels, data.tasks * rows)?;
+        for (b, &row) in order[start..start + rows].iter().enumerate() {
+            ensure!(
+                (0..data.rows as i64).contains(&(row as i64)),
+                "row {row} of a data set of {}",
+                data.rows
+            );
+            let row = row as usize;
+            let (from, to) = (data.offsets[row] as usize, data.offsets[row + 1] as usize);
+            ensure!(
+                from <= to && to <= data.tokens.len() && to - from <= width,
+                "text {row} does not fit a batch of width {width}"
+            );
+            let text = &data.tokens[from..to];
+            let out = &mut tokens[b * width..(b + 1) * width];
+            out[..text.len()].copy_from_slice(text);
+            out[text.len()..].fill(0);
+            lengths[b] = text.len() as i32;
+            for task in 0..data.tasks {
+                labels[task * rows + b] = data.labels[task * data.rows + row];
+            }
+        }
+        Ok(())
+    }
+
+    fn dropout_mask(&mut self, mask: &mut Vec<f32>, len: usize, draw: &DropoutDraw) -> Result<()> {
+        check_len("mask", mask, len)?;
+        mask[..len]
+            .par_chunks_mut(4096)
+            .enumerate()
+            .for_each(|(chunk, values)| {
+                let first = (chunk * 4096) as u64;
+                for (j, value) in values.iter_mut().enumerate() {
+                    *value = draw.mask_value(first + j as u64);
+                }
+            });
+        Ok(())
     }
 
     fn multiply(&mut self, x: &mut Vec<f32>, mask: &Vec<f32>, len: usize) -> Result<()> {

@@ -28,7 +28,7 @@ use cudarc::driver::{
     PushKernelArg, ValidAsZeroBits,
 };
 
-use super::{AdamStep, Backend, TokenBatch};
+use super::{AdamStep, Backend, DeviceTexts, DropoutDraw, TokenBatch};
 use crate::model::Shape;
 use layout::{AdamScalars, TaskCoeffs, TaskTable, WorkingLayout, MAX_TASKS_PER_LAUNCH};
 
@@ -683,6 +683,101 @@ impl Backend for CudaBackend {
             .memcpy_dtoh(&gram.slice(..tasks * tasks), &mut out)?;
         self.stream.synchronize()?;
         Ok(out)
+    }
+
+    fn gather_batch(
+        &mut self,
+        data: &DeviceTexts<Self>,
+        order: &CudaSlice<i32>,
+        start: usize,
+        rows: usize,
+        width: usize,
+        tokens: &mut CudaSlice<i32>,
+        lengths: &mut CudaSlice<i32>,
+        labels: &mut CudaSlice<i32>,
+    ) -> Result<()> {
+        check_len("order", order.len(), start + rows)?;
+        check_len("offsets", data.offsets.len(), data.rows + 1)?;
+        check_len("data labels", data.labels.len(), data.tasks * data.rows)?;
+        check_len("tokens", tokens.len(), rows * width)?;
+        check_len("lengths", lengths.len(), rows)?;
+        check_len("labels", labels.len(), data.tasks * rows)?;
+        self.written(tokens);
+        self.written(lengths);
+        self.written(labels);
+        if rows == 0 {
+            return Ok(());
+        }
+        let function = self.function("elementwise", "gather_batch_i32")?;
+        let cfg = LaunchConfig {
+            grid_dim: (as_i32("rows", rows)? as u32, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let data_rows = as_i32("data rows", data.rows)?;
+        let tasks = as_i32("tasks", data.tasks)?;
+        // start + b stays within i32 for every block.
+        as_i32("start + rows", start + rows)?;
+        let (start, rows_i) = (start as i32, rows as i32);
+        let width_i = as_i32("width", width)?;
+        // SAFETY: every buffer holds what the launch reads or writes
+        // (checked above; order's entries index the data set, which the
+        // network checks on the host); argument order matches
+        // gather_batch_i32.
+        unsafe {
+            self.stream
+                .launch_builder(&function)
+                .arg(&data.tokens)
+                .arg(&data.offsets)
+                .arg(&data.labels)
+                .arg(&data_rows)
+                .arg(&tasks)
+                .arg(order)
+                .arg(&start)
+                .arg(&rows_i)
+                .arg(&width_i)
+                .arg(tokens)
+                .arg(lengths)
+                .arg(labels)
+                .launch(cfg)
+        }
+        .context("gather_batch_i32")?;
+        Ok(())
+    }
+
+    fn dropout_mask(
+        &mut self,
+        mask: &mut CudaSlice<f32>,
+        len: usize,
+        draw: &DropoutDraw,
+    ) -> Result<()> {
+        check_len("mask", mask.len(), len)?;
+        self.written(mask);
+        if len == 0 {
+            return Ok(());
+        }
+        let function = self.function("elementwise", "dropout_mask_f32")?;
+        let blocks = layout::grid_stride_blocks(len, 256, self.info.multiprocessors);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let len_i = len as i64;
+        // SAFETY: mask holds at least len floats (checked); argument order
+        // matches dropout_mask_f32.
+        unsafe {
+            self.stream
+                .launch_builder(&function)
+                .arg(mask)
+                .arg(&len_i)
+                .arg(&draw.key)
+                .arg(&draw.threshold)
+                .arg(&draw.keep_scale)
+                .launch(cfg)
+        }
+        .context("dropout_mask_f32")?;
+        Ok(())
     }
 
     fn multiply(
