@@ -51,6 +51,108 @@ pub fn state_path(model: &Path) -> PathBuf {
     model.with_file_name(format!("{stem}.state.safetensors"))
 }
 
+/// A folder of checkpoints, one file per save point, named by position
+/// (`ckpt-e000003-b000000012.state.safetensors`: epoch 3, 12 batches done),
+/// of which the newest `keep_last` are kept.
+pub struct CheckpointDir {
+    dir: PathBuf,
+    keep_last: usize,
+}
+
+const CHECKPOINT_PREFIX: &str = "ckpt-e";
+const CHECKPOINT_SUFFIX: &str = ".state.safetensors";
+
+impl CheckpointDir {
+    /// Creates `dir` if needed and removes temporaries that an interrupted
+    /// save left there.
+    pub fn open(dir: &Path, keep_last: usize) -> Result<CheckpointDir> {
+        if keep_last == 0 {
+            bail!("at least one checkpoint must be kept");
+        }
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("--ckpt-dir {}: cannot create the folder", dir.display()))?;
+        let hidden = format!(".{CHECKPOINT_PREFIX}");
+        for entry in std::fs::read_dir(dir)?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&hidden) && name.contains(".tmp-") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(CheckpointDir {
+            dir: dir.to_path_buf(),
+            keep_last,
+        })
+    }
+
+    /// Writes `checkpoint` as a new file (atomically), reads it back, and
+    /// only then deletes the oldest files beyond `keep_last`: the newest
+    /// file kept is always one known to load.
+    pub fn save(&self, checkpoint: &Checkpoint) -> Result<PathBuf> {
+        let name = format!(
+            "{CHECKPOINT_PREFIX}{:06}-b{:09}{CHECKPOINT_SUFFIX}",
+            checkpoint.run.epoch, checkpoint.run.batches_done
+        );
+        let path = self.dir.join(name);
+        checkpoint.save(&path)?;
+        Checkpoint::load(&path).with_context(|| {
+            format!(
+                "the checkpoint just written does not read back; older ones in {} are kept",
+                self.dir.display()
+            )
+        })?;
+        for old in checkpoints_in(&self.dir)?.into_iter().skip(self.keep_last) {
+            let _ = std::fs::remove_file(old);
+        }
+        Ok(path)
+    }
+}
+
+/// The checkpoint files in `dir`, newest position first.
+pub fn checkpoints_in(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read the checkpoint folder {}", dir.display()))?;
+    let mut found: Vec<((u64, u64), PathBuf)> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let position = name
+                .strip_prefix(CHECKPOINT_PREFIX)?
+                .strip_suffix(CHECKPOINT_SUFFIX)?
+                .split_once("-b")
+                .and_then(|(e, b)| Some((e.parse().ok()?, b.parse().ok()?)))?;
+            Some((position, entry.path()))
+        })
+        .collect();
+    found.sort_by_key(|(position, _)| std::cmp::Reverse(*position));
+    Ok(found.into_iter().map(|(_, path)| path).collect())
+}
+
+/// The newest checkpoint in `dir` that loads and validates. Each newer one
+/// that does not is passed to `skipped` with the reason.
+pub fn newest_valid(
+    dir: &Path,
+    skipped: &mut dyn FnMut(&Path, &anyhow::Error),
+) -> Result<(PathBuf, Checkpoint)> {
+    let files = checkpoints_in(dir)?;
+    if files.is_empty() {
+        bail!(
+            "{}: no checkpoint ({CHECKPOINT_PREFIX}*{CHECKPOINT_SUFFIX}) in this folder",
+            dir.display()
+        );
+    }
+    for file in &files {
+        match Checkpoint::load(file) {
+            Ok(checkpoint) => return Ok((file.clone(), checkpoint)),
+            Err(error) => skipped(file, &error),
+        }
+    }
+    bail!(
+        "{}: none of its {} checkpoints is valid",
+        dir.display(),
+        files.len()
+    )
+}
+
 impl Checkpoint {
     pub fn save(&self, path: &Path) -> Result<()> {
         let n = self.params.len();
@@ -72,6 +174,7 @@ impl Checkpoint {
             .map(|(k, v)| (k.clone(), v.clone().into()))
             .collect();
         let meta = HashMap::from([
+            ("checksum".to_string(), self.checksum()),
             ("format".to_string(), FORMAT.to_string()),
             ("format_version".to_string(), FORMAT_VERSION.to_string()),
             ("run".to_string(), serde_json::to_string(&self.run)?),
@@ -170,7 +273,7 @@ impl Checkpoint {
         let v = tensors.pop().unwrap_or_default();
         let m = tensors.pop().unwrap_or_default();
         let params = tensors.pop().unwrap_or_default();
-        Ok(Checkpoint {
+        let checkpoint = Checkpoint {
             run: serde_json::from_value(run).context("metadata \"run\" is not valid")?,
             step: field("step")?
                 .parse()
@@ -182,7 +285,24 @@ impl Checkpoint {
             params,
             m,
             v,
-        })
+        };
+        // Last, so that a damaged file reports what is wrong with it first;
+        // this catches what no structural check can, such as flipped bits.
+        let stored = field("checksum")?;
+        let actual = checkpoint.checksum();
+        if stored != &actual {
+            bail!("checksum {stored} in the metadata, but the tensors hash to {actual}");
+        }
+        Ok(checkpoint)
+    }
+
+    /// A 64-bit hash of the three tensors' bytes, in hex.
+    fn checksum(&self) -> String {
+        let mut hash = Fingerprint::default();
+        for values in [&self.params, &self.m, &self.v] {
+            hash.words(bytemuck::cast_slice(values));
+        }
+        hash.hex()
     }
 }
 
@@ -296,6 +416,17 @@ impl Fingerprint {
             self.0 ^= b as u64;
             self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
         }
+    }
+
+    /// [`Fingerprint::bytes`] eight bytes at a time (the tail byte by
+    /// byte): the same mixing, fast enough for whole parameter buffers.
+    pub fn words(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let word = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+            self.0 = (self.0 ^ word).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.bytes(chunks.remainder());
     }
 
     pub fn ints(&mut self, values: &[i32]) {

@@ -130,10 +130,19 @@ pub struct TrainArgs {
     /// NAME.state.safetensors)
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
-    /// Continue the run whose model this is, from the state saved beside it,
-    /// up to the same --epochs (the other options must match the run's)
-    #[arg(long, value_name = "MODEL_FILE")]
+    /// Continue a run up to the same --epochs (the other options must match
+    /// the run's): from the state saved beside MODEL_FILE, or from the newest
+    /// valid checkpoint in a --ckpt-dir folder
+    #[arg(long, value_name = "MODEL_FILE|DIR")]
     pub resume: Option<PathBuf>,
+    /// Write each checkpoint as a new file in this folder (instead of one
+    /// state file beside the model), keeping the newest --keep-last
+    #[arg(long, value_name = "DIR")]
+    pub ckpt_dir: Option<PathBuf>,
+    /// How many checkpoints --ckpt-dir keeps (the newest, which is read back
+    /// before any older one is deleted)
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<usize>,
     /// Also save the model and state every N steps, not only after each epoch
     #[arg(long, value_name = "N")]
     pub checkpoint_every: Option<usize>,

@@ -290,3 +290,174 @@ fn early_stopping_keeps_the_best_model() {
     let last = polyhead::checkpoint::Checkpoint::load(&dir.join("m.state.safetensors")).unwrap();
     assert_ne!(best_model.params, last.params);
 }
+
+fn folder_options(data: &str, folder: &str) -> Vec<String> {
+    [
+        "train",
+        "--data",
+        data,
+        "--batch-size",
+        "4",
+        "--epochs",
+        "50",
+        "--checkpoint-every",
+        "1",
+        "--ckpt-dir",
+        folder,
+        "--keep-last",
+        "2",
+        "--quiet",
+        "--out",
+        &format!("{folder}.safetensors"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn checkpoint_files(folder: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(folder)
+        .map(|entries| entries.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    files.retain(|p| {
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        name.starts_with("ckpt-")
+    });
+    files.sort();
+    files
+}
+
+/// The checkpoint-folder scenario: 20 kills 0.05 to 2 s into a 50-epoch
+/// run that checkpoints every step into a folder keeping the newest two.
+/// Every checkpoint file present after a kill loads; `--resume FOLDER`
+/// always starts, and finishes with the uninterrupted run's weights.
+#[test]
+fn sigkill_with_a_checkpoint_folder_then_resume_from_the_folder() {
+    let dir = scratch("kill-folder");
+    let data = case("case-16").join("train.tsv");
+    let data = data.to_str().unwrap();
+    let reference_args = folder_options(data, "reference");
+    let refs: Vec<&str> = reference_args.iter().map(String::as_str).collect();
+    polyhead(&dir, &refs).ok();
+    let reference = Model::load(&dir.join("reference.safetensors")).unwrap();
+    assert_eq!(
+        checkpoint_files(&dir.join("reference")).len(),
+        2,
+        "--keep-last 2"
+    );
+
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    println!("kill moments drawn with seed {seed}");
+    let mut rng = Rng::new(seed as u64);
+    let (mut killed_mid_run, mut resumed) = (0, 0);
+    for attempt in 0..KILLS {
+        let folder = format!("ck{attempt}");
+        let args = folder_options(data, &folder);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_polyhead"))
+            .args(&args)
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let delay = rng.uniform(0.05, 2.0);
+        std::thread::sleep(Duration::from_secs_f64(delay));
+        if child.try_wait().unwrap().is_none() {
+            killed_mid_run += 1;
+        }
+        child.kill().ok();
+        child.wait().unwrap();
+
+        let files = checkpoint_files(&dir.join(&folder));
+        assert!(
+            files.len() <= 3,
+            "attempt {attempt}: {} checkpoints kept",
+            files.len()
+        );
+        for file in &files {
+            Checkpoint::load(file)
+                .unwrap_or_else(|e| panic!("attempt {attempt}: torn checkpoint: {e:#}"));
+        }
+
+        let mut args = args.clone();
+        if !files.is_empty() {
+            args.extend(["--resume".to_string(), format!("{folder}/")]);
+            resumed += 1;
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        polyhead(&dir, &refs).ok();
+        let finished = Model::load(&dir.join(format!("{folder}.safetensors"))).unwrap();
+        assert!(
+            bits(&finished) == bits(&reference),
+            "attempt {attempt} (killed after {delay:.3} s): weights differ"
+        );
+    }
+    println!("{KILLS} kills, {killed_mid_run} while training ran, {resumed} resumed");
+    assert!(
+        killed_mid_run >= KILLS / 2,
+        "too few kills landed mid-run: {killed_mid_run}"
+    );
+}
+
+/// A damaged newest checkpoint is skipped with a warning naming it, and the
+/// run resumes from the one before; with none valid, a one-line error.
+#[test]
+fn resume_skips_damaged_checkpoints_and_fails_clearly_without_any() {
+    let dir = scratch("damaged-folder");
+    let data = case("case-16").join("train.tsv");
+    let data = data.to_str().unwrap();
+    let mut args = folder_options(data, "ck");
+    args[6] = "3".to_string(); // --epochs
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    polyhead(&dir, &refs).ok();
+    let reference = Model::load(&dir.join("ck.safetensors")).unwrap();
+
+    let files = checkpoint_files(&dir.join("ck"));
+    assert_eq!(files.len(), 2);
+    let newest = files.last().unwrap();
+    // One flipped bit in the tensors: only the checksum can tell.
+    let mut bytes = std::fs::read(newest).unwrap();
+    let at = bytes.len() - 5;
+    bytes[at] ^= 0x01;
+    std::fs::write(newest, &bytes).unwrap();
+    std::fs::remove_file(dir.join("ck.safetensors")).unwrap();
+
+    let mut resume = args.clone();
+    resume.extend(["--resume".to_string(), "ck/".to_string()]);
+    let refs: Vec<&str> = resume.iter().map(String::as_str).collect();
+    let run = polyhead(&dir, &refs).ok();
+    let name = newest.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        run.stderr.contains("skipping a checkpoint") && run.stderr.contains(&name),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("checksum"), "{}", run.stderr);
+    let finished = Model::load(&dir.join("ck.safetensors")).unwrap();
+    assert!(
+        bits(&finished) == bits(&reference),
+        "resumed from the older checkpoint"
+    );
+
+    for file in checkpoint_files(&dir.join("ck")) {
+        std::fs::write(&file, b"not a checkpoint").unwrap();
+    }
+    let run = polyhead(&dir, &refs);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let last = run
+        .stderr
+        .trim_end()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        last.contains("none of its 2 checkpoints is valid"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+}

@@ -585,6 +585,7 @@ const STATE_CASES: &[(&str, i32, &str)] = &[
         1,
         "--resume: the training data differs",
     ),
+    ("params_bit_flipped.state.safetensors", 1, "checksum"),
 ];
 
 /// The options of the stored run (as in make_corpus.py's RUN_ARGS).

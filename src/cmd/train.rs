@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::data::{prepare_training, Prepared};
 use crate::backend::cpu::CpuBackend;
 use crate::backend::Backend;
-use crate::checkpoint::{state_path, Checkpoint};
+use crate::checkpoint::{newest_valid, state_path, Checkpoint, CheckpointDir};
 use crate::cli::TrainArgs;
 use crate::fsutil::remove_stale_temporaries;
 use crate::model::file::MAX_SIZE;
@@ -21,6 +21,9 @@ use crate::rng::Rng;
 use crate::train::weighting::Method;
 use crate::train::{self, EpochReport, Event, Monitor, RunState, Sampling, TrainConfig};
 use crate::usage;
+
+/// Checkpoints `--ckpt-dir` keeps unless `--keep-last` says otherwise.
+const DEFAULT_KEEP_LAST: usize = 3;
 
 pub fn run(args: &TrainArgs) -> Result<()> {
     check_args(args)?;
@@ -67,6 +70,14 @@ fn check_args(args: &TrainArgs) -> Result<()> {
     if !(0.0..1.0).contains(&args.dropout) {
         usage!("--dropout must be in [0, 1), got {}", args.dropout);
     }
+    match (&args.ckpt_dir, args.keep_last) {
+        (None, Some(_)) => usage!("--keep-last needs --ckpt-dir"),
+        (_, Some(0)) => usage!("--keep-last must be at least 1"),
+        (Some(dir), _) if dir.exists() && !dir.is_dir() => {
+            usage!("--ckpt-dir {}: not a folder", dir.display())
+        }
+        _ => {}
+    }
     // Found now rather than when the first epoch is saved.
     if let Some(out) = &args.out {
         if out.is_dir() {
@@ -89,14 +100,33 @@ fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
     };
     let out = match (&args.out, &args.resume) {
         (Some(out), _) => out.clone(),
-        (None, Some(resumed)) => resumed.clone(),
-        (None, None) => PathBuf::from("model.safetensors"),
+        (None, Some(resumed)) if !resumed.is_dir() => resumed.clone(),
+        _ => PathBuf::from("model.safetensors"),
     };
     let state_file = state_path(&out);
     remove_stale_temporaries(&out);
     remove_stale_temporaries(&state_file);
+    // A run resumed from a checkpoint folder goes on saving there.
+    let resumed_dir = args.resume.as_ref().filter(|r| r.is_dir());
+    let ckpt_dir = match args.ckpt_dir.as_ref().or(resumed_dir) {
+        Some(dir) => Some(CheckpointDir::open(
+            dir,
+            args.keep_last.unwrap_or(DEFAULT_KEEP_LAST),
+        )?),
+        None => None,
+    };
     let resumed = match &args.resume {
-        Some(model) => Some(Checkpoint::load(&state_path(model))?),
+        Some(dir) if dir.is_dir() => {
+            // The error names the file.
+            let mut skipped = |_: &Path, error: &anyhow::Error| {
+                eprintln!("polyhead: warning: skipping a checkpoint: {error:#}");
+            };
+            Some(newest_valid(dir, &mut skipped)?)
+        }
+        Some(model) => {
+            let file = state_path(model);
+            Some((file.clone(), Checkpoint::load(&file)?))
+        }
         None => None,
     };
 
@@ -123,21 +153,18 @@ fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
     let describe = backend.describe();
 
     let (mut net, mut state) = match resumed {
-        Some(checkpoint) => {
+        Some((file, checkpoint)) => {
             let batches = data.train.rows().div_ceil(args.batch_size);
-            check_resumable(
-                &checkpoint,
-                &options,
-                &fingerprint,
-                batches,
-                &state_path(args.resume.as_ref().unwrap()),
-            )?;
+            check_resumable(&checkpoint, &options, &fingerprint, batches, &file)?;
             let mut net =
                 Network::new(backend, shape.clone(), &checkpoint.params, rows, max_width)?;
             net.set_moments(&checkpoint.m, &checkpoint.v, checkpoint.step)?;
             say(format!(
-                "resuming at epoch {}, batch {} (step {})",
-                checkpoint.run.epoch, checkpoint.run.batches_done, checkpoint.step
+                "resuming at epoch {}, batch {} (step {}) from {}",
+                checkpoint.run.epoch,
+                checkpoint.run.batches_done,
+                checkpoint.step,
+                file.display()
             ));
             (net, checkpoint.run)
         }
@@ -213,7 +240,12 @@ fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
                     m,
                     v,
                 };
-                checkpoint.save(&state_file)?;
+                match &ckpt_dir {
+                    Some(dir) => {
+                        dir.save(&checkpoint)?;
+                    }
+                    None => checkpoint.save(&state_file)?,
+                }
             }
             Event::Stopped { epoch } => say(format!(
                 "early stop after epoch {epoch}: no improvement for the patience set"

@@ -274,6 +274,10 @@ def state_files(polyhead):
         "vocab_too_long.state.safetensors": build_st(
             dict(base, vocab=json.dumps(json.loads(meta["vocab"]) + ["extra"])), tensors),
         "fingerprint_other.state.safetensors": build_st(dict(base, data_fingerprint="0" * 16), tensors),
+        # The lowest mantissa bit of the first parameter: still a valid,
+        # finite state, caught only by the checksum.
+        "params_bit_flipped.state.safetensors": build_st(
+            base, {**tensors, "params": (p_dtype, p_shape, bytes([params[0] ^ 1]) + params[1:])}),
     }
     for name, data in files.items():
         write("state", name, data)
