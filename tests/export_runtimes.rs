@@ -222,6 +222,88 @@ fn onnx_and_torch_give_polyheads_probabilities_for_any_length_and_batch() {
     }
 }
 
+/// A model trained on the embedded set (two epochs), exported, and run by
+/// onnxruntime and PyTorch on every text of the default validation set,
+/// alone and in padded batches of 64.
+#[test]
+fn a_trained_model_exports_faithfully_on_the_whole_validation_set() {
+    let Some(python) = python("export of a trained model", MODULES) else {
+        return;
+    };
+    let dir = scratch("export-trained");
+    common::polyhead(
+        &dir,
+        &[
+            "train",
+            "--epochs",
+            "2",
+            "--quiet",
+            "--out",
+            "m.safetensors",
+        ],
+    )
+    .ok();
+    let model = Model::load(&dir.join("m.safetensors")).unwrap();
+    run_export(&dir.join("m.safetensors"), "onnx", &dir.join("m.onnx")).unwrap();
+    run_export(&dir.join("m.safetensors"), "torch", &dir.join("m_torch.py")).unwrap();
+
+    let tokenizer = Tokenizer::default();
+    let ids: std::collections::HashMap<&str, i32> = model
+        .vocab
+        .iter()
+        .enumerate()
+        .skip(2)
+        .map(|(i, w)| (w.as_str(), i as i32))
+        .collect();
+    let texts: Vec<Vec<i32>> = validation_texts()
+        .iter()
+        .map(|text| {
+            let mut tokens = tokenizer.tokens(text);
+            tokens.truncate(model.config.max_len);
+            tokens
+                .iter()
+                .map(|t| *ids.get(t.as_str()).unwrap_or(&1))
+                .collect()
+        })
+        .collect();
+    let expected = polyhead_probabilities(&model, &texts);
+    let batches: Vec<Vec<usize>> = (0..texts.len())
+        .collect::<Vec<_>>()
+        .chunks(64)
+        .map(<[usize]>::to_vec)
+        .collect();
+
+    let plan = json!({
+        "onnx": dir.join("m.onnx"),
+        "torch_module": dir.join("m_torch.py"),
+        "sidecar": dir.join("m.vocab.json"),
+        "labels": labels(&model),
+        "tensor_names": tensor_names(&model),
+        "tolerance": 1e-5,
+        "texts": texts,
+        "expected": expected,
+        "batches": batches,
+    });
+    let report = run_check(&python, &dir, &plan);
+    let want = format!(
+        "{} texts alone and in {} padded batches",
+        texts.len(),
+        batches.len()
+    );
+    for runtime in ["onnxruntime", "torch"] {
+        let line = report
+            .lines()
+            .find(|l| l.starts_with(runtime))
+            .unwrap_or_else(|| panic!("no {runtime} line in:\n{report}"));
+        assert!(line.contains(&want), "{line}");
+    }
+    assert!(
+        texts.len() > 800,
+        "the validation set has {} texts",
+        texts.len()
+    );
+}
+
 /// Characters of every class of the tokenizer rule, and its edge cases.
 const POOL: &[&str] = &[
     "a", "b", "Z", "q", "x", "0", "7", "9", " ", " ", "'", "’", ".", ",", "!", "?", "-", "_", "\t",
