@@ -22,7 +22,7 @@ use std::cell::Cell;
 use std::fmt;
 use std::sync::Arc;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig,
     PushKernelArg, ValidAsZeroBits,
@@ -132,6 +132,28 @@ struct Scratch {
 }
 
 /// A zero-filled buffer of at least `len` elements in `slot`.
+/// A zero-filled device buffer; running out of device memory is one line
+/// that says how much was asked, how much is free, and what to lower.
+fn allocate<T: DeviceRepr + ValidAsZeroBits>(
+    stream: &Arc<CudaStream>,
+    len: usize,
+) -> Result<CudaSlice<T>> {
+    stream.alloc_zeros::<T>(len.max(1)).map_err(|error| {
+        let mib = |bytes: usize| bytes as f64 / (1 << 20) as f64;
+        let wanted = mib(len * std::mem::size_of::<T>());
+        match stream.context().mem_get_info() {
+            Ok((free, total)) if len * std::mem::size_of::<T>() > free => anyhow!(
+                "the GPU has too little memory: a buffer of {wanted:.1} MiB does not fit in \
+                 the {:.1} MiB free (of {:.1} MiB); lower --batch-size, --max-len or \
+                 --vocab-size",
+                mib(free),
+                mib(total)
+            ),
+            _ => anyhow!("cannot allocate {wanted:.1} MiB on the GPU: {error}"),
+        }
+    })
+}
+
 fn grown<'a, T: DeviceRepr + ValidAsZeroBits>(
     stream: &Arc<CudaStream>,
     slot: &'a mut Option<CudaSlice<T>>,
@@ -139,11 +161,7 @@ fn grown<'a, T: DeviceRepr + ValidAsZeroBits>(
 ) -> Result<&'a mut CudaSlice<T>> {
     if slot.as_ref().is_none_or(|s| s.len() < len) {
         *slot = None; // free the old one first
-        *slot = Some(
-            stream
-                .alloc_zeros::<T>(len.max(1))
-                .context("allocating device scratch")?,
-        );
+        *slot = Some(allocate(stream, len)?);
     }
     match slot.as_mut() {
         Some(buffer) => Ok(buffer),
@@ -253,8 +271,8 @@ impl CudaBackend {
         if self.working.as_ref().is_none_or(|w| w.layout != layout) {
             self.working = None;
             self.fresh_for.set(0);
-            let emb = self.stream.alloc_zeros::<u16>(layout.emb_halves())?;
-            let conv = self.stream.alloc_zeros::<u16>(layout.conv_halves())?;
+            let emb = allocate::<u16>(&self.stream, layout.emb_halves())?;
+            let conv = allocate::<u16>(&self.stream, layout.conv_halves())?;
             self.working = Some(WorkingCopy { layout, emb, conv });
         }
         let address = self.address(params);
@@ -371,18 +389,13 @@ impl Backend for CudaBackend {
     }
 
     fn floats(&self, len: usize) -> Result<CudaSlice<f32>> {
-        let buffer = self
-            .stream
-            .alloc_zeros::<f32>(len)
-            .context("allocating device floats")?;
+        let buffer = allocate(&self.stream, len)?;
         self.written(&buffer);
         Ok(buffer)
     }
 
     fn ints(&self, len: usize) -> Result<CudaSlice<i32>> {
-        self.stream
-            .alloc_zeros::<i32>(len)
-            .context("allocating device ints")
+        allocate(&self.stream, len)
     }
 
     fn upload_floats(&self, dst: &mut CudaSlice<f32>, src: &[f32]) -> Result<()> {
