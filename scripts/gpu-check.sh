@@ -15,8 +15,10 @@
 #   3. the PyTorch peer's bench on the GPU with bf16 autocast, then also
 #      with torch.compile;
 #   4. an end-to-end `polyhead train --gpu 0` on bench-mix;
+#   3c. the bf16 matrix peak measured with torch.matmul (8192^3);
 #   5. a table: examples/s of each, the ratios, achieved TFLOP/s of the
-#      fused forward, and accuracy against a CPU run's figure.
+#      fused forward against that peak, and accuracy against the CPU run's
+#      figure at the same epoch.
 #
 # Environment: OUT (where logs and JSON go; the device tool sets it),
 # POLYHEAD_BENCH_ARGS (extra bench flags), TRAIN_EPOCHS (default 2),
@@ -89,6 +91,33 @@ rc=$?
 grep -E "median" "$out/bench-peer-compile.log"
 ((rc == 0)) || { tail -n 5 "$out/bench-peer-compile.log"; failed "peer bench compile (exit $rc)"; }
 
+section "3c. measured bf16 matrix peak (torch.matmul, 8192^3)"
+timeout 90 python3 - "$out/bf16-peak.json" <<'PEAK' 2>&1 | tail -n 3
+import json, sys
+import torch
+
+n = 8192
+a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+for _ in range(5):
+    a @ b
+torch.cuda.synchronize()
+times = []
+for _ in range(20):
+    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    begin.record()
+    a @ b
+    end.record()
+    torch.cuda.synchronize()
+    times.append(begin.elapsed_time(end) / 1e3)
+median = sorted(times)[len(times) // 2]
+tflops = 2 * n**3 / median / 1e12
+with open(sys.argv[1], "w") as fh:
+    json.dump({"n": n, "median_s": median, "tflops": tflops}, fh)
+print(f"bf16 matmul {n}^3: median {median * 1e3:.2f} ms, {tflops:.1f} TFLOP/s")
+PEAK
+[[ -s "$out/bf16-peak.json" ]] || failed "bf16 matrix peak not measured"
+
 section "4. polyhead train --gpu 0 on bench-mix ($epochs epochs)"
 data=$dev/data/bench-mix
 timeout 200 $dev/bin/polyhead train --train $data/train.tsv --valid $data/valid.tsv \
@@ -118,13 +147,16 @@ def mean_accuracy(report):
     accs = [v.get("accuracy") for v in valid.values() if isinstance(v, dict) and "accuracy" in v]
     return sum(accs) / len(accs) if accs else None
 
-def last_metrics(path):
+def last_metrics(path, epoch=None):
+    """The line of `epoch` (default: the last line) of a --metrics-out file."""
     try:
         with open(path) as fh:
-            lines = [l for l in fh if l.strip()]
-        return json.loads(lines[-1]) if lines else None
+            lines = [json.loads(l) for l in fh if l.strip()]
     except (OSError, ValueError):
         return None
+    if epoch is not None:
+        lines = [l for l in lines if l.get("epoch") == epoch]
+    return lines[-1] if lines else None
 
 runs = [("polyhead cuda", load("bench-polyhead.json")),
         ("peer bf16", load("bench-peer-bf16.json")),
@@ -142,9 +174,19 @@ for name, r in runs:
     print(f"{name:<22}{fwd:>14,.0f}{step:>12,.0f}{ratio('peer bf16'):>14}"
           f"{ratio('peer bf16 + compile'):>12}{tflops:>13.1f}")
 print("fwd TFLOP/s = nominal conv FLOPs 2*B*(L-k+1)*F*D*k over the whole forward's median time")
+peak = load("bf16-peak.json")
+ours = runs[0][1]
+if peak and ours and "forward" in ours:
+    tflops = ours["forward"].get("conv_fwd_gflop_per_s", 0) / 1e3
+    print(f"fused forward: {tflops:.1f} TFLOP/s = {100 * tflops / peak['tflops']:.1f}% of the "
+          f"measured bf16 matrix peak ({peak['tflops']:.1f} TFLOP/s)")
+else:
+    print("fused forward vs bf16 peak: missing figure")
 
 gpu = last_metrics(os.path.join(out, "train-metrics.jsonl"))
-cpu = float(cpu_acc) if cpu_acc else mean_accuracy(last_metrics(os.path.join(dev, "cpu-metrics.jsonl")))
+# The CPU run may have trained longer: compare at the GPU run's epoch.
+cpu_metrics = last_metrics(os.path.join(dev, "cpu-metrics.jsonl"), (gpu or {}).get("epoch"))
+cpu = float(cpu_acc) if cpu_acc else mean_accuracy(cpu_metrics)
 acc = mean_accuracy(gpu)
 if gpu:
     line = (f"train bench-mix on GPU: {gpu.get('epoch')} epochs, last epoch "
@@ -155,6 +197,11 @@ if gpu:
     elif acc is not None:
         line += " (no CPU figure given: CPU_ACCURACY)"
     print(line)
+    cpu_valid = (cpu_metrics or {}).get("valid") or {}
+    for task, scores in ((gpu or {}).get("valid") or {}).items():
+        if task in cpu_valid:
+            g, c = scores["accuracy"], cpu_valid[task]["accuracy"]
+            print(f"  {task:<12} accuracy GPU {g:.4f} CPU {c:.4f} ({100 * (g - c):+.2f} points)")
 else:
     print("train bench-mix on GPU: no metrics")
 print(f"parity tests: {passed or '?'} passed, {failed or '?'} failed, {skipped} skipped;"

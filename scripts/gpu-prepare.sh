@@ -70,6 +70,11 @@ rm -rf "$dev"
 mkdir -p "$dev/bin" "$dev/tests" "$dev/peer" "$dev/data/bench-mix"
 cp target/release/polyhead "$dev/bin/"
 cp "$tests_exe" "$dev/tests/cuda_backend"
+# Debug info would take the two executables past what may travel; the PTX
+# lives in their data, which stripping leaves alone.
+if command -v strip >/dev/null; then
+    strip --strip-debug "$dev/bin/polyhead" "$dev/tests/cuda_backend"
+fi
 cp "$shared/peer/torch_mtcnn.py" "$dev/peer/"
 cp "$shared"/data/bench-mix/{train,valid,test}.tsv "$dev/data/bench-mix/"
 if [[ -n "${CPU_METRICS:-}" ]]; then
