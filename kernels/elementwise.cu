@@ -1,6 +1,7 @@
 // Small element-wise and reduction kernels around the encoder: batch
-// assembly from the device-resident data set, dropout masks, combining per-task gradients, their Gram matrix, and the finite
-// check behind fp16's dynamic loss scaling.
+// assembly from the device-resident data set, dropout masks, combining
+// per-task gradients, their Gram matrix, and the finite check behind
+// fp16's dynamic loss scaling.
 //
 // Layouts: flat fp32 buffers; dh_tasks [tasks, len] (task-major blocks of
 // `len` floats, len = B * F).

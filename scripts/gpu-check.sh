@@ -39,7 +39,8 @@ section() { echo; echo "== $* [t+$(($(date +%s) - start))s]"; }
 failed() { failures+=("$1"); echo "FAILED: $1"; }
 
 if [[ ! -x $dev/tests/cuda_backend || ! -x $dev/bin/polyhead ]]; then
-    echo "gpu-check: $dev is missing or incomplete: run scripts/gpu-prepare.sh and carry .device" >&2
+    echo "gpu-check: $dev is missing or incomplete:" \
+        "run scripts/gpu-prepare.sh and carry .device" >&2
     exit 1
 fi
 
