@@ -16,7 +16,8 @@
 // adam_<f32|bf16|f16>: grid-stride, one thread per parameter per pass.
 //   PyTorch's formulation without weight decay, with the bias corrections
 //   precomputed on the host in fp32 exactly as the CPU backend does:
-//   m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
+//   m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2 (each stored as 0 when
+//   below the smallest normal float);
 //   p -= step_size * m / (sqrt(v) / sqrt(1 - b2^t) + eps),
 //   g = grad * grad_scale (1 / loss scale for fp16). The arithmetic uses
 //   round-to-nearest intrinsics, never fused multiply-adds, so the result
@@ -33,6 +34,13 @@ struct AdamScalars {
     float grad_scale;
 };
 
+// Moments below the smallest normal float are stored as 0, exactly as the
+// CPU backend does (src/backend/cpu/adam.rs, `flushed`): unused embedding
+// rows decay into subnormals there, which x86 computes slowly.
+__device__ __forceinline__ float flushed(float x) {
+    return fabsf(x) < 1.17549435e-38f ? 0.0f : x;
+}
+
 template <int P>
 __device__ __forceinline__ void adam(float* __restrict__ params,
                                      const float* __restrict__ grads,
@@ -48,9 +56,10 @@ __device__ __forceinline__ void adam(float* __restrict__ params,
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < len;
          i += (i64)gridDim.x * blockDim.x) {
         const float g = __fmul_rn(grads[i], s.grad_scale);
-        const float mi = __fadd_rn(__fmul_rn(s.beta1, m[i]), __fmul_rn(one_minus_b1, g));
-        const float vi =
-            __fadd_rn(__fmul_rn(s.beta2, v[i]), __fmul_rn(__fmul_rn(one_minus_b2, g), g));
+        const float mi =
+            flushed(__fadd_rn(__fmul_rn(s.beta1, m[i]), __fmul_rn(one_minus_b1, g)));
+        const float vi = flushed(
+            __fadd_rn(__fmul_rn(s.beta2, v[i]), __fmul_rn(__fmul_rn(one_minus_b2, g), g)));
         const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), s.correction2_sqrt), s.eps);
         const float p = __fsub_rn(params[i], __fdiv_rn(__fmul_rn(s.step_size, mi), denom));
         m[i] = mi;

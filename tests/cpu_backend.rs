@@ -955,6 +955,38 @@ fn combine_gram_multiply_and_finiteness_match_reference() {
 // ---------------------------------------------------------------------------
 // Adam
 
+/// A moment that would fall below the smallest normal float is stored as
+/// 0; one just above it is kept, and the parameters move as usual.
+#[test]
+fn adam_flushes_moments_below_the_smallest_normal_float() {
+    let mut backend = CpuBackend::new();
+    let n = 4;
+    let above = f32::MIN_POSITIVE * 4.0; // halves to 2 * MIN_POSITIVE
+    let below = f32::MIN_POSITIVE * 1.5; // halves below MIN_POSITIVE
+    let mut params = vec![1.0f32; n];
+    let mut m = vec![above, below, -below, 0.1];
+    let mut v = vec![above, below, below, 0.1];
+    let grads = vec![0.0, 0.0, 0.0, 0.5];
+    let step = AdamStep {
+        lr: 1e-3,
+        beta1: 0.5,
+        beta2: 0.5,
+        eps: 1e-8,
+        step: 3,
+        grad_scale: 1.0,
+    };
+    backend
+        .adam(&mut params, &grads, &mut m, &mut v, n, &step)
+        .unwrap();
+    assert_eq!(m[..3], [above * 0.5, 0.0, 0.0]);
+    assert_eq!(v[..3], [above * 0.5, 0.0, 0.0]);
+    assert!(
+        m[3] > 0.0 && v[3] > 0.0 && params[3] < 1.0,
+        "{m:?} {v:?} {params:?}"
+    );
+    assert_eq!(params[1], 1.0, "a zero moment moves nothing");
+}
+
 #[test]
 fn adam_step_matches_hand_arithmetic() {
     // Two steps on three parameters, lr 0.1, betas 0.9 / 0.999, eps 1e-8.

@@ -834,6 +834,37 @@ fn multiply_adam_and_finite_check_match_cpu() {
     }
     println!("  adam bit-identical to the CPU: {identical}");
 
+    // Moments about to sink below the smallest normal float with zero
+    // gradients (embedding rows no batch used): both backends store 0.
+    let tiny: Vec<f32> = (0..len)
+        .map(|_| f32::MIN_POSITIVE * (1.0 + rng.unit().abs()))
+        .collect();
+    let (mut m, mut v, zero) = (tiny.clone(), tiny.clone(), vec![0.0; len]);
+    let (mut m_d, mut v_d) = (up(&gpu, &m), up(&gpu, &v));
+    let adam = AdamStep {
+        lr: 1e-3,
+        beta1: 0.5,
+        beta2: 0.5,
+        eps: 1e-8,
+        step: 4,
+        grad_scale: 1.0,
+    };
+    gpu.adam(&mut p_d, &up(&gpu, &zero), &mut m_d, &mut v_d, len, &adam)
+        .unwrap();
+    cpu.adam(&mut p, &zero, &mut m, &mut v, len, &adam).unwrap();
+    assert!(
+        m.iter().all(|&x| x == 0.0),
+        "the CPU kept a subnormal moment"
+    );
+    assert!(
+        down(&gpu, &m_d, len) == m,
+        "first moments differ near the flush"
+    );
+    assert!(
+        down(&gpu, &v_d, len) == v,
+        "second moments differ near the flush"
+    );
+
     let mut values = rng.floats(len, 1.0);
     assert!(gpu.all_finite(&up(&gpu, &values), len).unwrap());
     for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {

@@ -261,7 +261,9 @@ pub trait Backend {
     /// One Adam step over the whole flat buffer (fp32 master weights and
     /// moments), PyTorch's formulation:
     /// `m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;`
-    /// `p -= (lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)`.
+    /// `p -= (lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)`,
+    /// except that a moment below the smallest normal float is stored as 0
+    /// (unused embedding rows would otherwise decay into slow subnormals).
     fn adam(
         &mut self,
         params: &mut Self::Floats,
