@@ -72,6 +72,15 @@ pub fn remove_stale_temporaries(path: &Path) {
     }
 }
 
+/// Whether `a` and `b` name the same file: the same path once resolved when
+/// both exist, the same text otherwise.
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    match (fs::canonicalize(a), fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

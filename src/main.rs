@@ -30,7 +30,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("polyhead: {}", cmd::one_line(&err));
+            polyhead::say!("polyhead: {}", cmd::one_line(&err));
             if err.downcast_ref::<UsageError>().is_some() {
                 ExitCode::from(2)
             } else {

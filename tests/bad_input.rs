@@ -320,3 +320,141 @@ fn a_loss_that_becomes_nan_stops_the_run_and_keeps_the_last_model() {
     );
     assert_eq!(std::fs::read(dir.join("m.safetensors")).unwrap(), before);
 }
+
+#[test]
+fn output_over_an_input_file_is_refused_and_the_input_kept() {
+    let dir = scratch("out-over-input");
+    std::fs::write(dir.join("t.tsv"), GOOD).unwrap();
+    let run = polyhead(&dir, &["train", "--train", "t.tsv", "--out", "t.tsv"]);
+    expect_error(run, 2, &["--out would overwrite the input file t.tsv"]);
+    let run = polyhead(
+        &dir,
+        &["train", "--data", "t.tsv", "--metrics-out", "./t.tsv"],
+    );
+    expect_error(
+        run,
+        2,
+        &["--metrics-out would overwrite the input file t.tsv"],
+    );
+    let run = polyhead(
+        &dir,
+        &[
+            "train",
+            "--data",
+            "t.tsv",
+            "--out",
+            "m.st",
+            "--metrics-out",
+            "m.st",
+        ],
+    );
+    expect_error(run, 2, &["--out and --metrics-out name the same file m.st"]);
+    assert_eq!(std::fs::read_to_string(dir.join("t.tsv")).unwrap(), GOOD);
+}
+
+#[test]
+fn a_validation_file_without_rows_is_an_error() {
+    let files: &[(&str, &[u8])] = &[("t.tsv", GOOD.as_bytes()), ("v.tsv", b"text\ttopic\n")];
+    let args = [
+        "train", "--train", "t.tsv", "--valid", "v.tsv", "--epochs", "1",
+    ];
+    expect_error(
+        run_with("valid-header-only", files, &args),
+        1,
+        &["v.tsv: no rows under the header"],
+    );
+    let files: &[(&str, &[u8])] = &[
+        ("t.tsv", GOOD.as_bytes()),
+        ("v.tsv", b"text\ttopic\na b\t\n"),
+    ];
+    let run = run_with("valid-unlabelled", files, &args);
+    expect_error(run, 1, &["v.tsv: no row with a label to score"]);
+}
+
+#[test]
+fn zero_checkpoint_interval_or_patience_is_a_usage_error() {
+    let files: &[(&str, &[u8])] = &[("t.tsv", GOOD.as_bytes())];
+    for (flag, message) in [
+        (
+            "--checkpoint-every",
+            "--checkpoint-every must be at least 1",
+        ),
+        (
+            "--early-stop-patience",
+            "--early-stop-patience must be at least 1",
+        ),
+    ] {
+        let run = run_with(
+            "zero-flags",
+            files,
+            &["train", "--data", "t.tsv", flag, "0"],
+        );
+        expect_error(run, 2, &[message]);
+    }
+}
+
+/// `polyhead train 2>&1 | head -1`: the reader goes away, the run goes on
+/// and writes its model.
+#[test]
+fn a_closed_stderr_does_not_stop_training() {
+    let dir = scratch("closed-stderr");
+    std::fs::write(dir.join("t.tsv"), GOOD).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_polyhead"))
+        .args([
+            "train",
+            "--data",
+            "t.tsv",
+            "--epochs",
+            "2",
+            "--out",
+            "m.safetensors",
+        ])
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    polyhead::model::Model::load(&dir.join("m.safetensors")).unwrap();
+}
+
+#[test]
+fn compare_and_report_refuse_outputs_they_would_misuse() {
+    let files: &[(&str, &[u8])] = &[("t.tsv", GOOD.as_bytes())];
+    let run = run_with(
+        "cmp-ckpt",
+        files,
+        &["compare", "--data", "t.tsv", "--ckpt-dir", "ck"],
+    );
+    expect_error(run, 2, &["is not used by compare"]);
+    let args = ["compare", "--data", "t.tsv", "--json", "absent/c.json"];
+    let run = run_with("cmp-json", files, &args);
+    expect_error(
+        run,
+        2,
+        &["--json absent/c.json: not a file in an existing folder"],
+    );
+
+    let files: &[(&str, &[u8])] = &[("m.jsonl", b"{}\n"), ("keep.safetensors", b"model")];
+    let args = [
+        "report",
+        "--metrics",
+        "m.jsonl",
+        "--out",
+        "keep.safetensors",
+    ];
+    expect_error(
+        run_with("report-out", files, &args),
+        2,
+        &["a report is an .html file"],
+    );
+    let args = ["report", "--compare", "r.html", "--out", "r.html"];
+    let files: &[(&str, &[u8])] = &[("r.html", b"{}")];
+    expect_error(
+        run_with("report-same", files, &args),
+        2,
+        &["would overwrite the input file"],
+    );
+}

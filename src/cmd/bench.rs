@@ -109,7 +109,7 @@ fn bench_on<B: Backend>(backend: B, args: &BenchArgs) -> Result<()> {
         let min = times.iter().cloned().fold(f64::INFINITY, f64::min);
         let max = times.iter().cloned().fold(0.0, f64::max);
         if !args.json {
-            println!(
+            crate::show!(
                 "{name:8} median {:8.2} ms  (min {:.2}, max {:.2})  {:9.0} ex/s  \
                  conv-fwd {:6.1} GFLOP/s ({:.1} on the windows computed)",
                 median * 1e3,
@@ -131,7 +131,7 @@ fn bench_on<B: Backend>(backend: B, args: &BenchArgs) -> Result<()> {
         })
     };
     if !args.json {
-        println!(
+        crate::show!(
             "{describe}: B {} L {} D {} F {} k {} H {} V {} classes {:?}, lengths {:?}",
             args.batch,
             args.max_len,
@@ -160,7 +160,7 @@ fn bench_on<B: Backend>(backend: B, args: &BenchArgs) -> Result<()> {
         "step": step,
     });
     if args.json {
-        println!("{result}");
+        crate::show!("{result}");
     }
     Ok(())
 }

@@ -17,7 +17,7 @@ use super::data::{prepare_training, Prepared};
 use crate::backend::cpu::CpuBackend;
 use crate::backend::Backend;
 use crate::cli::{CompareArgs, TrainArgs};
-use crate::fsutil::write_atomic;
+use crate::fsutil::{same_file, write_atomic};
 use crate::model::init::initial_params;
 use crate::model::network::Network;
 use crate::model::Shape;
@@ -56,8 +56,8 @@ fn check_args(args: &CompareArgs) -> Result<()> {
         (t.out.is_some(), "--out", "no model is kept"),
         (t.resume.is_some(), "--resume", "every run starts afresh"),
         (
-            t.checkpoint_every.is_some(),
-            "--checkpoint-every",
+            t.checkpoint_every.is_some() || t.ckpt_dir.is_some() || t.keep_last.is_some(),
+            "--checkpoint-every/--ckpt-dir/--keep-last",
             "no model is kept",
         ),
         (
@@ -78,6 +78,22 @@ fn check_args(args: &CompareArgs) -> Result<()> {
     }
     if args.seeds == 0 {
         usage!("--seeds must be at least 1");
+    }
+    // Found now rather than after every run has trained.
+    if let Some(json) = &args.json {
+        let folder = json.parent().filter(|p| !p.as_os_str().is_empty());
+        if json.is_dir() || folder.is_some_and(|f| !f.is_dir()) {
+            usage!(
+                "--json {}: not a file in an existing folder",
+                json.display()
+            );
+        }
+        if let Some(input) = super::data::input_files(t)
+            .iter()
+            .find(|i| same_file(i, json))
+        {
+            usage!("--json would overwrite the input file {}", input.display());
+        }
     }
     let positive = [
         ("--embed-dim", t.embed_dim),
@@ -123,7 +139,7 @@ pub fn compare_on<B: Backend>(
     let quiet = args.train.quiet;
     let say = |line: String| {
         if !quiet {
-            eprintln!("{line}");
+            crate::say!("{line}");
         }
     };
     let multi_data = prepare_training(&args.train)?;
@@ -133,7 +149,7 @@ pub fn compare_on<B: Backend>(
         );
     }
     for warning in &multi_data.warnings {
-        eprintln!("polyhead: warning: {warning}");
+        crate::say!("polyhead: warning: {warning}");
     }
     say(multi_data.summary());
     let task_names: Vec<String> = multi_data.tasks.iter().map(|(n, _)| n.clone()).collect();

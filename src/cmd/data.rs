@@ -112,6 +112,37 @@ struct Source {
 /// The tables of one split.
 type Split = Vec<Source>;
 
+/// `TASK=FILE` as `(Some(TASK), FILE)`; a plain file (even one whose name
+/// holds `=`) as `(None, FILE)`.
+fn split_spec(spec: &str) -> (Option<&str>, &str) {
+    match spec.split_once('=') {
+        Some((task, file)) if !task.is_empty() && !Path::new(spec).exists() => (Some(task), file),
+        _ => (None, spec),
+    }
+}
+
+/// Every file the training arguments read, so that no output overwrites
+/// one of them.
+pub fn input_files(args: &TrainArgs) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = [&args.train, &args.valid, &args.test]
+        .into_iter()
+        .flatten()
+        .map(|spec| PathBuf::from(split_spec(spec).1))
+        .collect();
+    match &args.data {
+        Some(dir) if dir.is_dir() => {
+            files.extend(
+                ["train", "valid", "test"]
+                    .iter()
+                    .filter_map(|s| find_split(dir, s)),
+            );
+        }
+        Some(file) => files.push(file.clone()),
+        None => {}
+    }
+    files
+}
+
 /// Reads `[TASK=]FILE` specs. A plain file labels every task it has a
 /// column for; `TASK=FILE` labels only TASK, from the column of that name
 /// or else the file's one column besides the text.
@@ -120,12 +151,8 @@ fn read_sources(specs: &[String], args: &TrainArgs) -> Result<Split> {
     specs
         .iter()
         .map(|spec| {
-            let (task, file) = match spec.split_once('=') {
-                Some((task, file)) if !task.is_empty() && !Path::new(spec).exists() => {
-                    (Some(task.to_string()), file)
-                }
-                _ => (None, spec.as_str()),
-            };
+            let (task, file) = split_spec(spec);
+            let task = task.map(str::to_string);
             let table = read_table(Path::new(file), format)?;
             Ok(Source {
                 tasks: source_tasks(&table, task, args)?,
@@ -279,6 +306,9 @@ pub fn prepare_training(args: &TrainArgs) -> Result<Prepared> {
     let mut encode_split = |split: &Split, training: bool| -> Result<Option<(Encoded, Summary)>> {
         let mut parts = Vec::new();
         for source in split {
+            if source.table.rows.is_empty() {
+                bail!("{}: no rows under the header", source.table.source);
+            }
             let required: Vec<String> = if single && split.len() == 1 {
                 task_names.clone()
             } else {
@@ -306,6 +336,13 @@ pub fn prepare_training(args: &TrainArgs) -> Result<Prepared> {
     let (train_encoded, summary) = encode_split(&train, true)?.expect("a training table was read");
     let valid_encoded = encode_split(&valid, false)?.map(|(e, _)| e);
     let test_encoded = encode_split(&test, false)?.map(|(e, _)| e);
+    for (split, encoded) in [(&valid, &valid_encoded), (&test, &test_encoded)] {
+        let unlabelled = |e: &Encoded| e.labels.iter().flatten().all(|&y| y < 0);
+        if encoded.as_ref().is_some_and(unlabelled) {
+            let names: Vec<&str> = split.iter().map(|s| s.table.source.as_str()).collect();
+            bail!("{}: no row with a label to score", names.join(", "));
+        }
+    }
     if valid_encoded.is_none() {
         warnings.push("no validation file: training without per-epoch scores".to_string());
     }

@@ -63,7 +63,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             "rows": encoded.rows(),
             "tasks": Value::Object(report),
         });
-        println!("{object}");
+        crate::show!("{object}");
     }
     Ok(())
 }

@@ -3,14 +3,14 @@
 use anyhow::Result;
 
 pub fn run() -> Result<()> {
-    println!("polyhead {}", env!("CARGO_PKG_VERSION"));
-    println!(
+    crate::show!("polyhead {}", env!("CARGO_PKG_VERSION"));
+    crate::show!(
         "cpu: {} threads, kernel path {}",
         rayon::current_num_threads(),
         crate::backend::cpu::simd_path()
     );
-    println!("cpu features: {}", cpu_features().join(" "));
-    println!("{}", crate::backend::cuda::describe_cuda());
+    crate::show!("cpu features: {}", cpu_features().join(" "));
+    crate::show!("{}", crate::backend::cuda::describe_cuda());
     Ok(())
 }
 

@@ -34,6 +34,26 @@ macro_rules! usage {
     };
 }
 
+/// `eprintln!` that cannot fail: a closed stderr (`polyhead train 2>&1 |
+/// head -1`) must not stop a run that is writing files.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `println!` that cannot fail, for short reports: a reader that closed
+/// the pipe has seen all it wanted.
+#[macro_export]
+macro_rules! show {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// The error and its causes on one line: `outer: inner: innermost`.
 pub fn one_line(err: &anyhow::Error) -> String {
     let mut parts: Vec<String> = Vec::new();

@@ -59,7 +59,7 @@ pub fn run(args: &PredictArgs) -> Result<()> {
     } else {
         unknown_total as f64 / tokens_total as f64
     };
-    eprintln!(
+    crate::say!(
         "predicted {} texts ({empty} empty, {all_oov} all unknown words); \
          {:.1}% of tokens unknown to the model",
         records.len(),

@@ -9,7 +9,7 @@ use super::data::encode_for_model;
 use super::loaded::LoadedModel;
 use crate::cli::{FormatArg, ReportArgs};
 use crate::data::table::{read_table, Format};
-use crate::fsutil::write_atomic;
+use crate::fsutil::{same_file, write_atomic};
 use crate::report::comparison::Comparison;
 use crate::report::html::Page;
 use crate::report::metrics::read_metrics;
@@ -20,6 +20,21 @@ use crate::usage;
 pub fn run(args: &ReportArgs) -> Result<()> {
     if args.metrics.is_none() && args.model.is_none() && args.compare.is_none() {
         usage!("nothing to report: give --metrics, --model (with --data) or --compare");
+    }
+    let is_html = args
+        .out
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("html") || e.eq_ignore_ascii_case("htm"));
+    if !is_html {
+        usage!("--out {}: a report is an .html file", args.out.display());
+    }
+    let inputs = [&args.metrics, &args.model, &args.data, &args.compare];
+    if let Some(input) = inputs
+        .into_iter()
+        .flatten()
+        .find(|i| same_file(i, &args.out))
+    {
+        usage!("--out would overwrite the input file {}", input.display());
     }
     super::set_threads(args.threads)?;
     let mut page = Page::new(&args.title);
@@ -51,7 +66,7 @@ pub fn run(args: &ReportArgs) -> Result<()> {
         inputs.join(", ")
     ));
     write_atomic(&args.out, html.as_bytes())?;
-    eprintln!("report written to {}", args.out.display());
+    crate::say!("report written to {}", args.out.display());
     Ok(())
 }
 

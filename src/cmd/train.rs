@@ -12,7 +12,7 @@ use crate::backend::cpu::CpuBackend;
 use crate::backend::Backend;
 use crate::checkpoint::{newest_valid, state_path, Checkpoint, CheckpointDir};
 use crate::cli::TrainArgs;
-use crate::fsutil::remove_stale_temporaries;
+use crate::fsutil::{remove_stale_temporaries, same_file};
 use crate::model::file::MAX_SIZE;
 use crate::model::init::initial_params;
 use crate::model::network::{AdamConfig, Network};
@@ -70,6 +70,13 @@ fn check_args(args: &TrainArgs) -> Result<()> {
     if !(0.0..1.0).contains(&args.dropout) {
         usage!("--dropout must be in [0, 1), got {}", args.dropout);
     }
+    if args.checkpoint_every == Some(0) {
+        usage!("--checkpoint-every must be at least 1");
+    }
+    if args.early_stop_patience == Some(0) {
+        usage!("--early-stop-patience must be at least 1");
+    }
+    check_outputs(args)?;
     match (&args.ckpt_dir, args.keep_last) {
         (None, Some(_)) => usage!("--keep-last needs --ckpt-dir"),
         (_, Some(0)) => usage!("--keep-last must be at least 1"),
@@ -91,11 +98,35 @@ fn check_args(args: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// No file the run writes may be one it reads, or another it writes.
+fn check_outputs(args: &TrainArgs) -> Result<()> {
+    let out = match (&args.out, &args.resume) {
+        (Some(out), _) => out.clone(),
+        (None, Some(resumed)) if !resumed.is_dir() => resumed.clone(),
+        _ => PathBuf::from("model.safetensors"),
+    };
+    let mut outputs = vec![("--out", out.clone()), ("the state file", state_path(&out))];
+    if let Some(metrics) = &args.metrics_out {
+        outputs.push(("--metrics-out", metrics.clone()));
+    }
+    for input in super::data::input_files(args) {
+        if let Some((flag, _)) = outputs.iter().find(|(_, o)| same_file(o, &input)) {
+            usage!("{flag} would overwrite the input file {}", input.display());
+        }
+    }
+    for (i, (flag, path)) in outputs.iter().enumerate() {
+        if let Some((other, _)) = outputs[i + 1..].iter().find(|(_, o)| same_file(o, path)) {
+            usage!("{flag} and {other} name the same file {}", path.display());
+        }
+    }
+    Ok(())
+}
+
 fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
     let quiet = args.quiet;
     let say = |line: String| {
         if !quiet {
-            eprintln!("{line}");
+            crate::say!("{line}");
         }
     };
     let out = match (&args.out, &args.resume) {
@@ -119,7 +150,7 @@ fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
         Some(dir) if dir.is_dir() => {
             // The error names the file.
             let mut skipped = |_: &Path, error: &anyhow::Error| {
-                eprintln!("polyhead: warning: skipping a checkpoint: {error:#}");
+                crate::say!("polyhead: warning: skipping a checkpoint: {error:#}");
             };
             Some(newest_valid(dir, &mut skipped)?)
         }
@@ -133,7 +164,7 @@ fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
     let started = Instant::now();
     let data = prepare_training(args)?;
     for warning in &data.warnings {
-        eprintln!("polyhead: warning: {warning}");
+        crate::say!("polyhead: warning: {warning}");
     }
     say(data.summary());
     say(format!(
@@ -285,7 +316,7 @@ fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
                 format!("{name} acc {:.4} F1 {:.4}", s.accuracy, s.macro_f1)
             })
             .collect();
-        eprintln!("test: {}", line.join(" | "));
+        crate::say!("test: {}", line.join(" | "));
     }
     Ok(())
 }
@@ -560,7 +591,7 @@ impl Display {
                 if let Some(bar) = self.bar.take() {
                     bar.finish_and_clear();
                 }
-                eprintln!("{}", epoch_line(report));
+                crate::say!("{}", epoch_line(report));
             }
             _ => {}
         }

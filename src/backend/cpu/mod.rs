@@ -55,7 +55,7 @@ impl CpuBackend {
     pub fn new() -> CpuBackend {
         CpuBackend::try_new().unwrap_or_else(|e| {
             let path = SimdPath::detect();
-            eprintln!("polyhead: {e}; using {}", path.name());
+            crate::say!("polyhead: {e}; using {}", path.name());
             CpuBackend::with_path(path)
         })
     }
