@@ -16,7 +16,9 @@ use safetensors::tensor::{Dtype, Metadata, TensorView};
 use safetensors::SafeTensors;
 
 use crate::fsutil::write_atomic;
-use crate::model::file::{check_config, parse_vocab, read_f32s, read_regular_file, MAX_FILE_BYTES};
+use crate::model::file::{
+    check_config, parse_vocab, read_f32s, read_regular_file, sorted_header, MAX_FILE_BYTES,
+};
 use crate::model::network::LossScale;
 use crate::model::{ModelConfig, Shape};
 use crate::train::RunState;
@@ -187,7 +189,7 @@ impl Checkpoint {
                 self.data_fingerprint.clone(),
             ),
         ]);
-        let bytes = safetensors::serialize(views, Some(meta))?;
+        let bytes = sorted_header(safetensors::serialize(views, Some(meta))?)?;
         write_atomic(path, &bytes)
             .with_context(|| format!("cannot save the run state {}", path.display()))
     }

@@ -126,8 +126,8 @@ pub struct TrainArgs {
     /// Dropout on the pooled features during training
     #[arg(long, default_value_t = 0.0, value_name = "P")]
     pub dropout: f32,
-    /// Where to write the model (its resumable state goes beside it, as
-    /// NAME.state.safetensors)
+    /// Where to write the model, model.safetensors by default (its resumable
+    /// state goes beside it, as NAME.state.safetensors)
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
     /// Continue a run up to the same --epochs (the other options must match
@@ -139,8 +139,8 @@ pub struct TrainArgs {
     /// state file beside the model), keeping the newest --keep-last
     #[arg(long, value_name = "DIR")]
     pub ckpt_dir: Option<PathBuf>,
-    /// How many checkpoints --ckpt-dir keeps (the newest, which is read back
-    /// before any older one is deleted)
+    /// How many checkpoints --ckpt-dir keeps, 3 by default (the newest, each
+    /// read back before any older one is deleted)
     #[arg(long, value_name = "N")]
     pub keep_last: Option<usize>,
     /// Also save the model and state every N steps, not only after each epoch

@@ -458,3 +458,33 @@ fn compare_and_report_refuse_outputs_they_would_misuse() {
         &["would overwrite the input file"],
     );
 }
+
+#[test]
+fn task_lists_and_vocabulary_sizes_that_cannot_work() {
+    let files: &[(&str, &[u8])] = &[("t.tsv", GOOD.as_bytes())];
+    let cases: [(&[&str], &str); 3] = [
+        (&["--tasks", "topic,topic"], "--tasks names \"topic\" twice"),
+        (&["--tasks", "text"], "\"text\" is the text column"),
+        (&["--vocab-size", "0"], "--vocab-size must be at least 1"),
+    ];
+    for (extra, message) in cases {
+        let mut args = vec!["train", "--data", "t.tsv"];
+        args.extend(extra);
+        expect_error(run_with("task-lists", files, &args), 2, &[message]);
+    }
+    let args = [
+        "train",
+        "--data",
+        "t.tsv",
+        "--min-count",
+        "50",
+        "--epochs",
+        "1",
+    ];
+    let run = run_with("empty-vocabulary", files, &args).ok();
+    assert!(
+        run.stderr.contains("warning: the vocabulary is empty"),
+        "{}",
+        run.stderr
+    );
+}

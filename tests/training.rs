@@ -103,6 +103,16 @@ fn same_seed_same_weights_across_thread_counts() {
         bits("b.safetensors") == bits("c.safetensors"),
         "two identical runs differ"
     );
+    // The whole files, metadata included, not only the tensors.
+    let bytes = |f: &str| std::fs::read(dir.join(f)).unwrap();
+    assert!(
+        bytes("a.safetensors") == bytes("b.safetensors"),
+        "model files differ"
+    );
+    assert!(
+        bytes("b.safetensors") == bytes("c.safetensors"),
+        "model files differ"
+    );
 }
 
 /// The seed configuration on the embedded clothing-reviews set, 10 epochs:

@@ -132,7 +132,7 @@ fn bench_on<B: Backend>(backend: B, args: &BenchArgs) -> Result<()> {
     };
     if !args.json {
         crate::show!(
-            "{describe}: B {} L {} D {} F {} k {} H {} V {} classes {:?}, lengths {:?}",
+            "{describe}: B {} L {} D {} F {} k {} H {} V {} classes {:?}, lengths {}",
             args.batch,
             args.max_len,
             args.embed_dim,
@@ -141,7 +141,7 @@ fn bench_on<B: Backend>(backend: B, args: &BenchArgs) -> Result<()> {
             args.hidden,
             args.vocab_size,
             args.classes,
-            args.lengths
+            format!("{:?}", args.lengths).to_lowercase()
         );
     }
     let forward = summary("forward", &forward);

@@ -103,6 +103,7 @@ fn check_args(args: &CompareArgs) -> Result<()> {
         ("--max-len", t.max_len),
         ("--epochs", t.epochs),
         ("--batch-size", t.batch_size),
+        ("--vocab-size", t.vocab_size),
     ];
     for (flag, value) in positive {
         if value == 0 {
@@ -167,11 +168,11 @@ pub fn compare_on<B: Backend>(
         .collect();
     let describe = new_backend()?.describe();
     say(format!(
-        "comparing on {describe}: {} seeds x (1 multi-task + {} single-task models), \
-         {} epochs each, weighting {}",
-        seeds.len(),
+        "comparing on {describe}: {} x (1 multi-task + {} single-task models), \
+         {} each, weighting {}",
+        super::count(seeds.len(), "seed"),
         task_names.len(),
-        args.train.epochs,
+        super::count(args.train.epochs, "epoch"),
         args.train.weighting
     ));
     let mut multi_runs = Vec::with_capacity(seeds.len());
@@ -372,10 +373,10 @@ pub fn table(c: &Comparison) -> String {
     let s = &c.settings;
     let seeds: Vec<String> = s.seeds.iter().map(u64::to_string).collect();
     let mut out = format!(
-        "multi-task against single-task models, seeds {} ({} epochs each, weighting {})\n\
+        "multi-task against single-task models, seeds {} ({} each, weighting {})\n\
          figures: mean ± {}\n",
         seeds.join(", "),
-        s.epochs,
+        super::count(s.epochs, "epoch"),
         s.weighting,
         c.std
     );

@@ -268,6 +268,9 @@ pub fn prepare_training(args: &TrainArgs) -> Result<Prepared> {
     }
     if let Some(wanted) = &args.tasks {
         if let Some(missing) = wanted.iter().find(|t| !task_names.contains(t)) {
+            if *missing == args.text_column {
+                usage!("--tasks: {missing:?} is the text column (--text-column), not a task");
+            }
             let source = &train[0].table;
             bail!(
                 "{}: no column {missing:?} (columns: {})",
@@ -300,6 +303,13 @@ pub fn prepare_training(args: &TrainArgs) -> Result<Prepared> {
     let maps = label_maps(&tables, &task_names)?;
 
     let mut warnings = Vec::new();
+    if vocab.words().len() <= 2 {
+        warnings.push(format!(
+            "the vocabulary is empty: no word is seen --min-count {} times, so every \
+             word reads as unknown",
+            args.min_count
+        ));
+    }
     // With one training table, a validation or test table must have every
     // task's column; with several, each labels what it has.
     let single = train.len() == 1;

@@ -54,6 +54,15 @@ macro_rules! show {
     }};
 }
 
+/// `1 epoch`, `2 epochs`.
+pub fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// The error and its causes on one line: `outer: inner: innermost`.
 pub fn one_line(err: &anyhow::Error) -> String {
     let mut parts: Vec<String> = Vec::new();

@@ -60,9 +60,9 @@ pub fn run(args: &PredictArgs) -> Result<()> {
         unknown_total as f64 / tokens_total as f64
     };
     crate::say!(
-        "predicted {} texts ({empty} empty, {all_oov} all unknown words); \
+        "predicted {} ({empty} empty, {all_oov} all unknown words); \
          {:.1}% of tokens unknown to the model",
-        records.len(),
+        super::count(records.len(), "text"),
         100.0 * oov_rate
     );
     Ok(())

@@ -44,10 +44,20 @@ fn check_args(args: &TrainArgs) -> Result<()> {
         ("--max-len", args.max_len),
         ("--epochs", args.epochs),
         ("--batch-size", args.batch_size),
+        ("--vocab-size", args.vocab_size),
     ];
     for (flag, value) in positive {
         if value == 0 {
             usage!("{flag} must be at least 1");
+        }
+    }
+    if let Some(tasks) = &args.tasks {
+        if let Some(twice) = tasks
+            .iter()
+            .enumerate()
+            .find(|(i, t)| tasks[..*i].contains(t))
+        {
+            usage!("--tasks names {:?} twice", twice.1);
         }
     }
     // Sizes past what a model file may hold would train a model no command
@@ -207,8 +217,8 @@ fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
     };
     if state.epoch > args.epochs {
         say(format!(
-            "the run is already complete ({} epochs)",
-            args.epochs
+            "the run is already complete ({})",
+            super::count(args.epochs, "epoch")
         ));
         return Ok(());
     }
@@ -222,8 +232,13 @@ fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
         args.hidden
     ));
     say(format!(
-        "training: {} epochs, batch {}, Adam lr {}, seed {}, dropout {}, weighting {}",
-        args.epochs, args.batch_size, args.lr, args.seed, args.dropout, args.weighting
+        "training: {}, batch {}, Adam lr {}, seed {}, dropout {}, weighting {}",
+        super::count(args.epochs, "epoch"),
+        args.batch_size,
+        args.lr,
+        args.seed,
+        args.dropout,
+        args.weighting
     ));
 
     let mut metrics = match &args.metrics_out {

@@ -134,7 +134,7 @@ impl Model {
                 TensorView::new(Dtype::F32, dims.clone(), bytes)?,
             ));
         }
-        Ok(safetensors::serialize(views, Some(self.metadata()?))?)
+        sorted_header(safetensors::serialize(views, Some(self.metadata()?))?)
     }
 
     /// Writes the model atomically (temporary file, fsync, rename).
@@ -228,6 +228,43 @@ impl Model {
             shape,
             params,
         })
+    }
+}
+
+/// A safetensors file with its header's keys in sorted order: the library
+/// writes the metadata in hash-map order, which differs between runs, and
+/// equal models should be equal files. The header stays padded to a
+/// multiple of 8 bytes, so the tensors keep their alignment.
+pub fn sorted_header(bytes: Vec<u8>) -> Result<Vec<u8>> {
+    let header_len = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()) as usize)
+        .filter(|&n| n <= bytes.len() - 8)
+        .context("a serialized model without a header")?;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len])?;
+    let mut text = serde_json::to_string(&sort_keys(header))?;
+    while text.len() % 8 != 0 {
+        text.push(' ');
+    }
+    let data = &bytes[8 + header_len..];
+    let mut out = Vec::with_capacity(8 + text.len() + data.len());
+    out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(data);
+    Ok(out)
+}
+
+fn sort_keys(value: serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut entries: Vec<_> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            entries
+                .into_iter()
+                .map(|(key, value)| (key, sort_keys(value)))
+                .collect()
+        }
+        other => other,
     }
 }
 
