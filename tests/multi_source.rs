@@ -103,3 +103,33 @@ fn unknown_sampling_mode_is_a_usage_error() {
     .fails(2);
     assert!(run.stderr.contains("--task-sampling"), "{}", run.stderr);
 }
+
+/// Validation data that labels only some tasks: the others have no score
+/// (shown as "-", null in the metrics), never NaN.
+#[test]
+fn a_task_without_validation_labels_has_no_score() {
+    let dir = scratch("multi-partial-valid");
+    std::fs::write(dir.join("news.tsv"), NEWS).unwrap();
+    std::fs::write(dir.join("reviews.csv"), REVIEWS).unwrap();
+    let args = [
+        "train",
+        "--train",
+        "topic=news.tsv",
+        "--train",
+        "sentiment=reviews.csv",
+        "--valid",
+        "topic=news.tsv",
+        "--epochs",
+        "1",
+        "--metrics-out",
+        "m.jsonl",
+    ];
+    let run = polyhead(&dir, &args).ok();
+    let line = run.stderr.lines().find(|l| l.starts_with("epoch")).unwrap();
+    assert!(line.contains("sentiment acc - F1 -"), "{line}");
+    assert!(!line.contains("NaN"), "{line}");
+    let metrics = std::fs::read_to_string(dir.join("m.jsonl")).unwrap();
+    let epoch = &json_lines(&metrics)[0];
+    assert!(epoch["valid"]["sentiment"]["accuracy"].is_null(), "{epoch}");
+    assert!(epoch["valid"]["topic"]["accuracy"].is_number(), "{epoch}");
+}

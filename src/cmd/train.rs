@@ -618,8 +618,20 @@ fn epoch_line(report: &EpochReport) -> String {
     if let Some(loss) = report.valid_loss {
         line += &format!(" valid_loss {loss:.4}");
     }
+    // A task without labels in the validation data has no score.
+    let score = |x: f64| {
+        if x.is_nan() {
+            "-".to_string()
+        } else {
+            format!("{x:.4}")
+        }
+    };
     for (name, s) in &report.valid {
-        line += &format!(" | {name} acc {:.4} F1 {:.4}", s.accuracy, s.macro_f1);
+        line += &format!(
+            " | {name} acc {} F1 {}",
+            score(s.accuracy),
+            score(s.macro_f1)
+        );
     }
     let weights: Vec<String> = report
         .loss_weights
