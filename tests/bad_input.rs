@@ -488,3 +488,15 @@ fn task_lists_and_vocabulary_sizes_that_cannot_work() {
         run.stderr
     );
 }
+
+/// A folder with two training files of different formats: which one was
+/// meant is not guessed.
+#[test]
+fn two_training_files_in_one_data_folder() {
+    let dir = scratch("two-train-files");
+    std::fs::create_dir(dir.join("ds")).unwrap();
+    std::fs::write(dir.join("ds/train.tsv"), GOOD).unwrap();
+    std::fs::write(dir.join("ds/train.csv"), "text,topic\na b,x\n").unwrap();
+    let run = polyhead(&dir, &["train", "--data", "ds", "--epochs", "1"]);
+    expect_error(run, 2, &["both", "train.tsv", "train.csv", "keep one"]);
+}

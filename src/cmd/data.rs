@@ -95,12 +95,23 @@ fn format_of(arg: Option<FormatArg>) -> Option<Format> {
     })
 }
 
-/// `DIR/train.*` etc.: the first existing file with a known extension.
-fn find_split(dir: &Path, split: &str) -> Option<PathBuf> {
-    ["tsv", "tab", "csv", "jsonl", "ndjson", "json"]
+/// `DIR/train.*` etc.: the file with a known extension, if any; two of
+/// them (`train.tsv` and `train.csv`) are an error rather than a guess.
+fn find_split(dir: &Path, split: &str) -> Result<Option<PathBuf>> {
+    let found: Vec<PathBuf> = ["tsv", "tab", "csv", "jsonl", "ndjson", "json"]
         .iter()
         .map(|ext| dir.join(format!("{split}.{ext}")))
-        .find(|p| p.is_file())
+        .filter(|p| p.is_file())
+        .collect();
+    if let [first, second, ..] = found.as_slice() {
+        usage!(
+            "--data {}: both {} and {} are there; keep one",
+            dir.display(),
+            first.display(),
+            second.display()
+        );
+    }
+    Ok(found.into_iter().next())
 }
 
 /// One table and the tasks it labels: `(task, column)` pairs.
@@ -134,7 +145,7 @@ pub fn input_files(args: &TrainArgs) -> Vec<PathBuf> {
             files.extend(
                 ["train", "valid", "test"]
                     .iter()
-                    .filter_map(|s| find_split(dir, s)),
+                    .filter_map(|s| find_split(dir, s).ok().flatten()),
             );
         }
         Some(file) => files.push(file.clone()),
@@ -212,14 +223,14 @@ fn read_training_tables(args: &TrainArgs) -> Result<(Split, Split, Split)> {
     let read = |path: &Path| -> Result<Split> { whole(read_table(path, format)?) };
     match &args.data {
         Some(path) if path.is_dir() => {
-            let Some(train) = find_split(path, "train") else {
+            let Some(train) = find_split(path, "train")? else {
                 usage!(
                     "--data {}: no train.tsv, train.csv or train.jsonl in it",
                     path.display()
                 );
             };
-            let valid = find_split(path, "valid").map(|p| read(&p)).transpose()?;
-            let test = find_split(path, "test").map(|p| read(&p)).transpose()?;
+            let valid = find_split(path, "valid")?.map(|p| read(&p)).transpose()?;
+            let test = find_split(path, "test")?.map(|p| read(&p)).transpose()?;
             Ok((
                 read(&train)?,
                 valid.unwrap_or_default(),
