@@ -31,7 +31,9 @@ fi
 seeds() {
     case "$1" in
         table_*|tokenizer) echo tests/hostile/data tests/fixtures/cases ;;
-        model_file) echo tests/hostile/models tests/fixtures/cases/case-14-safetensors-corrupt-or-mismatched ;;
+        model_file)
+            echo tests/hostile/models \
+                tests/fixtures/cases/case-14-safetensors-corrupt-or-mismatched ;;
         run_state) echo tests/hostile/state ;;
         *) echo "fuzz-smoke: unknown target $1" >&2; return 1 ;;
     esac
@@ -51,7 +53,8 @@ for target in "${targets[@]}"; do
     if cargo fuzz run --sanitizer none "$target" "$work/$target" $(seeds "$target") -- \
         -max_total_time="$seconds" -print_final_stats=1 -rss_limit_mb=2048 \
         >"$work/$target.log" 2>&1; then
-        runs=$(grep -o 'stat::number_of_executed_units: [0-9]*' "$work/$target.log" | grep -o '[0-9]*$')
+        runs=$(grep -o 'stat::number_of_executed_units: [0-9]*' "$work/$target.log" |
+            grep -o '[0-9]*$')
         echo "fuzz-smoke: $target: ${runs:-?} runs, no crash"
     else
         echo "fuzz-smoke: $target: FAILED"

@@ -54,7 +54,9 @@ $dev/bin/polyhead info 2>&1 | head -n 20 || true
 section "1. GPU parity tests"
 timeout 240 $dev/tests/cuda_backend --test-threads=1 --nocapture >"$out/tests.log" 2>&1
 tests_rc=$?
-grep -E "seed|rel err|windows:|differ after|bit-identical|equals forward|all_finite|skipped|panicked|^test |test result" \
+wanted="seed|rel err|windows:|differ after|bit-identical|equals forward|all_finite"
+wanted+="|skipped|panicked|^test |test result"
+grep -E "$wanted" \
     "$out/tests.log" | cut -c1-160 | tail -n 120
 # With --nocapture a test's "ok" may land on a line of its own: count from
 # the harness's result line. Each skip prints its reason twice.

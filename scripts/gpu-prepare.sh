@@ -27,9 +27,11 @@ dev="$repo/.device"
 nvidia_dir=$("$python" -c '
 import importlib.util, os
 spec = importlib.util.find_spec("nvidia.cuda_nvrtc")
-print(os.path.dirname(list(spec.submodule_search_locations)[0]) if spec else "")' 2>/dev/null || true)
+if spec:
+    print(os.path.dirname(list(spec.submodule_search_locations)[0]))' 2>/dev/null || true)
 if [[ -z "$nvidia_dir" ]]; then
-    echo "gpu-prepare: NVRTC wheel not installed for $python (pip install nvidia-cuda-nvrtc-cu12)" >&2
+    echo "gpu-prepare: NVRTC wheel not installed for $python" \
+        "(pip install nvidia-cuda-nvrtc-cu12)" >&2
     exit 2
 fi
 export LD_LIBRARY_PATH="$nvidia_dir/cuda_nvrtc/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
@@ -50,7 +52,8 @@ for line in open(sys.argv[1]):
         m = json.loads(line)
     except ValueError:
         continue
-    if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "cuda_backend" and m.get("executable"):
+    built = m.get("reason") == "compiler-artifact" and m.get("executable")
+    if built and m.get("target", {}).get("name") == "cuda_backend":
         print(m["executable"])' "$log" | tail -n1)
 [[ -x "$tests_exe" ]] || { echo "gpu-prepare: no cuda_backend test executable" >&2; exit 1; }
 

@@ -108,13 +108,19 @@ fn check_args(args: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// No file the run writes may be one it reads, or another it writes.
-fn check_outputs(args: &TrainArgs) -> Result<()> {
-    let out = match (&args.out, &args.resume) {
+/// The model file: `--out`, else the model being resumed, else
+/// `model.safetensors`.
+fn out_path(args: &TrainArgs) -> PathBuf {
+    match (&args.out, &args.resume) {
         (Some(out), _) => out.clone(),
         (None, Some(resumed)) if !resumed.is_dir() => resumed.clone(),
         _ => PathBuf::from("model.safetensors"),
-    };
+    }
+}
+
+/// No file the run writes may be one it reads, or another it writes.
+fn check_outputs(args: &TrainArgs) -> Result<()> {
+    let out = out_path(args);
     let mut outputs = vec![("--out", out.clone()), ("the state file", state_path(&out))];
     if let Some(metrics) = &args.metrics_out {
         outputs.push(("--metrics-out", metrics.clone()));
@@ -139,11 +145,7 @@ fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
             crate::say!("{line}");
         }
     };
-    let out = match (&args.out, &args.resume) {
-        (Some(out), _) => out.clone(),
-        (None, Some(resumed)) if !resumed.is_dir() => resumed.clone(),
-        _ => PathBuf::from("model.safetensors"),
-    };
+    let out = out_path(args);
     let state_file = state_path(&out);
     remove_stale_temporaries(&out);
     remove_stale_temporaries(&state_file);

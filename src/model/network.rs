@@ -382,7 +382,14 @@ impl<B: Backend> Network<B> {
         Ok(device)
     }
 
-    fn encode_and_heads(&mut self, rows: usize, width: usize) -> Result<()> {
+    /// Encoder and heads for the batch in the workspace; dropout, when
+    /// asked for (training), masks `h` between the two.
+    fn encode_and_heads(
+        &mut self,
+        rows: usize,
+        width: usize,
+        dropout: Option<&DropoutDraw>,
+    ) -> Result<()> {
         let Workspace {
             tokens,
             lengths,
@@ -390,16 +397,22 @@ impl<B: Backend> Network<B> {
             win,
             hidden,
             logits,
+            mask,
             ..
         } = &mut self.ws;
-        let tokens = TokenBatch {
+        let batch = TokenBatch {
             tokens,
             lengths,
             rows,
             width,
         };
         self.backend
-            .encoder_forward(&self.shape, &self.params, &tokens, h, win)?;
+            .encoder_forward(&self.shape, &self.params, &batch, h, win)?;
+        if let Some(draw) = dropout {
+            let len = rows * self.shape.dims.filters;
+            self.backend.dropout_mask(mask, len, draw)?;
+            self.backend.multiply(h, mask, len)?;
+        }
         self.backend
             .heads_forward(&self.shape, &self.params, h, rows, hidden, logits)
     }
@@ -407,7 +420,7 @@ impl<B: Backend> Network<B> {
     /// Logits `[rows, sum C]` of every task for `batch` (no dropout).
     pub fn logits(&mut self, batch: &HostBatch) -> Result<&[f32]> {
         self.upload_batch(batch)?;
-        self.encode_and_heads(batch.rows, batch.width)?;
+        self.encode_and_heads(batch.rows, batch.width, None)?;
         let n = batch.rows * self.shape.sum_classes();
         self.backend
             .download_floats(&self.ws.logits, &mut self.host_logits[..n])?;
@@ -417,7 +430,7 @@ impl<B: Backend> Network<B> {
     /// Pooled features `h [rows, F]` for `batch`.
     pub fn features(&mut self, batch: &HostBatch) -> Result<Vec<f32>> {
         self.upload_batch(batch)?;
-        self.encode_and_heads(batch.rows, batch.width)?;
+        self.encode_and_heads(batch.rows, batch.width, None)?;
         let mut h = vec![0.0; batch.rows * self.shape.dims.filters];
         self.backend.download_floats(&self.ws.h, &mut h)?;
         Ok(h)
@@ -524,7 +537,7 @@ impl<B: Backend> Network<B> {
     ) -> Result<StepLosses> {
         let tasks = self.shape.tasks();
         let len = rows * self.shape.dims.filters;
-        self.encode_and_heads_training(rows, width, len, dropout)?;
+        self.encode_and_heads(rows, width, dropout)?;
         let scales: Vec<f32> = counts
             .iter()
             .zip(task_weights)
@@ -608,42 +621,6 @@ impl<B: Backend> Network<B> {
             &mut self.grads,
         )?;
         Ok(StepLosses { sums, counts, gram })
-    }
-
-    /// The forward pass of a training step: dropout, when asked for, masks
-    /// `h` between the encoder and the heads.
-    fn encode_and_heads_training(
-        &mut self,
-        rows: usize,
-        width: usize,
-        len: usize,
-        dropout: Option<&DropoutDraw>,
-    ) -> Result<()> {
-        let Some(draw) = dropout else {
-            return self.encode_and_heads(rows, width);
-        };
-        let Workspace {
-            tokens,
-            lengths,
-            h,
-            win,
-            hidden,
-            logits,
-            mask,
-            ..
-        } = &mut self.ws;
-        let batch = TokenBatch {
-            tokens,
-            lengths,
-            rows,
-            width,
-        };
-        self.backend
-            .encoder_forward(&self.shape, &self.params, &batch, h, win)?;
-        self.backend.dropout_mask(mask, len, draw)?;
-        self.backend.multiply(h, mask, len)?;
-        self.backend
-            .heads_forward(&self.shape, &self.params, h, rows, hidden, logits)
     }
 
     /// The gradient buffer, on the host (multiplied by the loss scale).
