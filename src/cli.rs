@@ -183,6 +183,7 @@ pub struct TrainArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct EvalArgs {
+    /// Model file written by `polyhead train`
     #[arg(long, value_name = "FILE")]
     pub model: PathBuf,
     /// Labelled table to score
@@ -214,6 +215,7 @@ pub enum InputFormat {
 
 #[derive(Args, Debug, Clone)]
 pub struct PredictArgs {
+    /// Model file written by `polyhead train`
     #[arg(long, value_name = "FILE")]
     pub model: PathBuf,
     /// Input file, or - for standard input (default)
@@ -304,6 +306,7 @@ pub enum ExportFormatArg {
 
 #[derive(Args, Debug, Clone)]
 pub struct ExportArgs {
+    /// Model file written by `polyhead train`
     #[arg(long, value_name = "FILE")]
     pub model: PathBuf,
     #[arg(long, value_enum)]

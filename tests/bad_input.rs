@@ -62,9 +62,112 @@ fn missing_text_column() {
     let run = train_on("notext", "n.tsv", b"body\ttopic\na\tx\n");
     expect_error(
         run,
-        1,
-        &["n.tsv", "no column \"text\"", "columns: body, topic"],
+        2,
+        &[
+            "n.tsv",
+            "no column \"text\"",
+            "columns: body, topic",
+            "--text-column",
+        ],
     );
+}
+
+/// `predict` and `eval` treat a missing text column as `train` does.
+#[test]
+fn missing_text_column_in_predict_and_eval() {
+    let dir = scratch("notext-model");
+    std::fs::write(dir.join("t.tsv"), GOOD).unwrap();
+    std::fs::write(dir.join("n.tsv"), "body\ttopic\na\tx\n").unwrap();
+    let args = [
+        "train",
+        "--data",
+        "t.tsv",
+        "--epochs",
+        "1",
+        "--out",
+        "m.safetensors",
+    ];
+    polyhead(&dir, &args).ok();
+
+    for command in ["predict", "eval"] {
+        let run = if command == "predict" {
+            polyhead(&dir, &["predict", "--model", "m.safetensors", "n.tsv"])
+        } else {
+            polyhead(
+                &dir,
+                &["eval", "--model", "m.safetensors", "--data", "n.tsv"],
+            )
+        };
+        expect_error(
+            run,
+            2,
+            &[
+                "n.tsv",
+                "no column \"text\"",
+                "columns: body, topic",
+                "--text-column",
+            ],
+        );
+    }
+}
+
+/// A column of free text or ids taken for labels is refused before
+/// training builds a head with a class per row.
+#[test]
+fn text_like_label_column_is_refused() {
+    let mut table = String::from("id\ttext\ttopic\n");
+    for i in 0..150 {
+        table.push_str(&format!("{i}\tsome words {i}\t{}\n", i % 3));
+    }
+    let run = train_on("idcolumn", "ids.tsv", table.as_bytes());
+    expect_error(
+        run,
+        1,
+        &[
+            "ids.tsv",
+            "task \"id\" has 150 distinct labels in 150 rows",
+            "--tasks",
+        ],
+    );
+
+    let dir = scratch("idcolumn-tasks");
+    std::fs::write(dir.join("ids.tsv"), &table).unwrap();
+    let args = [
+        "train", "--data", "ids.tsv", "--tasks", "topic", "--epochs", "1",
+    ];
+    polyhead(&dir, &args).ok();
+}
+
+/// A long unseen label (a text in the label's place) is cut short in the
+/// message, which stays one readable line.
+#[test]
+fn long_unseen_label_is_shortened() {
+    let long = "word ".repeat(100);
+    let valid = format!("text\ttopic\na b\t{long}\n");
+    let run = run_with(
+        "longlabel",
+        &[
+            ("train.tsv", GOOD.as_bytes()),
+            ("valid.tsv", valid.as_bytes()),
+        ],
+        &[
+            "train",
+            "--train",
+            "train.tsv",
+            "--valid",
+            "valid.tsv",
+            "--epochs",
+            "1",
+        ],
+    );
+    let run = run.fails(1);
+    assert!(
+        run.stderr.contains("never appeared in training"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("word word..."), "{}", run.stderr);
+    assert!(run.stderr.len() < 300, "{}", run.stderr);
 }
 
 #[test]
@@ -76,8 +179,13 @@ fn unknown_task_column() {
     );
     expect_error(
         run,
-        1,
-        &["t.tsv", "no column \"mood\"", "columns: text, topic"],
+        2,
+        &[
+            "--tasks",
+            "t.tsv",
+            "no column \"mood\"",
+            "columns: text, topic",
+        ],
     );
 }
 

@@ -327,8 +327,8 @@ const DATA_CASES: &[Case] = &[
     case(
         "json_missing_text.jsonl",
         Train,
-        1,
-        &["no column \"text\" (columns: topic, body)"],
+        2,
+        &["no column \"text\" (columns: topic, body); choose the text column"],
     ),
 ];
 

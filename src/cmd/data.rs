@@ -114,6 +114,20 @@ fn find_split(dir: &Path, split: &str) -> Result<Option<PathBuf>> {
     Ok(found.into_iter().next())
 }
 
+/// The index of the text column, or a usage error naming the file and the
+/// columns it has.
+fn text_column_of(table: &Table, text_column: &str) -> Result<usize> {
+    let Some(index) = table.columns.iter().position(|c| c == text_column) else {
+        usage!(
+            "{}: no column {text_column:?} (columns: {}); choose the text column with \
+             --text-column",
+            table.source,
+            crate::data::vocab::column_list(&table.columns)
+        );
+    };
+    Ok(index)
+}
+
 /// One table and the tasks it labels: `(task, column)` pairs.
 struct Source {
     table: Table,
@@ -271,6 +285,9 @@ fn align_columns(split: &mut Split, text_column: &str) {
 
 pub fn prepare_training(args: &TrainArgs) -> Result<Prepared> {
     let (mut train, mut valid, mut test) = read_training_tables(args)?;
+    for source in [&train, &valid, &test].into_iter().flatten() {
+        text_column_of(&source.table, &args.text_column)?;
+    }
     let mut task_names: Vec<String> = Vec::new();
     for (task, _) in train.iter().flat_map(|s| &s.tasks) {
         if !task_names.contains(task) {
@@ -283,8 +300,8 @@ pub fn prepare_training(args: &TrainArgs) -> Result<Prepared> {
                 usage!("--tasks: {missing:?} is the text column (--text-column), not a task");
             }
             let source = &train[0].table;
-            bail!(
-                "{}: no column {missing:?} (columns: {})",
+            usage!(
+                "--tasks: {}: no column {missing:?} (columns: {})",
                 source.source,
                 source.columns.join(", ")
             );
@@ -456,13 +473,7 @@ pub fn read_records(args: &PredictArgs) -> Result<Vec<InputRecord>> {
         .read_to_end(&mut bytes)
         .with_context(|| format!("cannot read {source}"))?;
     let table = read_table_from(bytes.as_slice(), &source, format)?;
-    let Some(text_col) = table.columns.iter().position(|c| *c == args.text_column) else {
-        usage!(
-            "{source}: no column {:?} (columns: {}); choose one with --text-column",
-            args.text_column,
-            crate::data::vocab::column_list(&table.columns)
-        );
-    };
+    let text_col = text_column_of(&table, &args.text_column)?;
     let id_col = table.columns.iter().position(|c| c == "id");
     Ok(table
         .rows
@@ -483,6 +494,7 @@ pub fn encode_for_model(
     text_column: &str,
     tasks: &[String],
 ) -> Result<(Encoded, Summary)> {
+    text_column_of(table, text_column)?;
     let vocab = Vocab::from_words(loaded.model.vocab.clone())
         .map_err(|e| anyhow::anyhow!("the model's vocabulary is not usable: {e}"))?;
     let maps: Vec<LabelMap> = loaded

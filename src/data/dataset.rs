@@ -170,8 +170,9 @@ pub fn encode_table(
                 }
                 None => {
                     let msg = format!(
-                        "task {:?}: label {label:?} never appeared in training",
-                        maps[i].task
+                        "task {:?}: label {:?} never appeared in training",
+                        maps[i].task,
+                        shortened(label)
                     );
                     return Err(DataError::new(&table.source, Some(row.line), msg));
                 }
@@ -247,7 +248,7 @@ pub fn encode_table(
     if options.training {
         summary
             .warnings
-            .extend(label_warnings(table, maps, &task_columns));
+            .extend(label_warnings(table, maps, &task_columns)?);
     }
     if options.training && summary.rows_used == 0 {
         return Err(DataError::new(
@@ -259,9 +260,17 @@ pub fn encode_table(
     Ok((out, summary))
 }
 
-/// Training labels that look wrong: a single class, or about as many
-/// distinct values as rows (probably not a label column).
-fn label_warnings(table: &Table, maps: &[LabelMap], columns: &[Option<usize>]) -> Vec<String> {
+/// Training labels that look wrong: a single class is warned about; about
+/// as many distinct values as rows (a text or id column taken for labels)
+/// is warned about in a small table and refused in a larger one, where it
+/// would give a head of thousands of classes.
+fn label_warnings(
+    table: &Table,
+    maps: &[LabelMap],
+    columns: &[Option<usize>],
+) -> Result<Vec<String>, DataError> {
+    const REFUSED_FROM_ROWS: usize = 100;
+
     let mut warnings = Vec::new();
     for (map, column) in maps.iter().zip(columns) {
         let Some(column) = column else { continue };
@@ -270,22 +279,41 @@ fn label_warnings(table: &Table, maps: &[LabelMap], columns: &[Option<usize>]) -
             .iter()
             .filter(|r| r.cell(*column).is_some())
             .count();
-        if map.classes.len() == 1 {
+        let classes = map.classes.len();
+        if classes == 1 {
             warnings.push(format!(
                 "{}: task {:?} has a single class ({:?}): nothing to learn",
-                table.source, map.task, map.classes[0]
-            ));
-        } else if labelled >= 20 && map.classes.len() * 2 > labelled {
-            warnings.push(format!(
-                "{}: task {:?} has {} distinct labels in {labelled} rows: \
-                 probably not a label column",
                 table.source,
                 map.task,
-                map.classes.len()
+                shortened(&map.classes[0])
+            ));
+        } else if labelled >= REFUSED_FROM_ROWS && classes * 2 > labelled {
+            let msg = format!(
+                "task {:?} has {classes} distinct labels in {labelled} rows, so it is not a \
+                 label column; name the text column with --text-column, or the tasks with \
+                 --tasks",
+                map.task
+            );
+            return Err(DataError::new(&table.source, None, msg));
+        } else if labelled >= 20 && classes * 2 > labelled {
+            warnings.push(format!(
+                "{}: task {:?} has {classes} distinct labels in {labelled} rows: \
+                 probably not a label column",
+                table.source, map.task
             ));
         }
     }
-    warnings
+    Ok(warnings)
+}
+
+/// A label as shown in a message: whole, or its first 60 characters when
+/// it is a long text.
+pub fn shortened(label: &str) -> String {
+    const SHOWN: usize = 60;
+    match label.char_indices().nth(SHOWN) {
+        Some((end, _)) => format!("{}...", label[..end].trim_end()),
+        None => label.to_string(),
+    }
 }
 
 fn plural(n: usize) -> &'static str {
