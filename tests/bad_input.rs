@@ -608,3 +608,52 @@ fn two_training_files_in_one_data_folder() {
     let run = polyhead(&dir, &["train", "--data", "ds", "--epochs", "1"]);
     expect_error(run, 2, &["both", "train.tsv", "train.csv", "keep one"]);
 }
+
+#[test]
+fn training_file_given_twice_for_one_task() {
+    let run = run_with(
+        "twice",
+        &[("t.tsv", GOOD.as_bytes())],
+        &[
+            "train", "--train", "t.tsv", "--train", "./t.tsv", "--epochs", "1",
+        ],
+    );
+    expect_error(
+        run,
+        2,
+        &["--train", "t.tsv is given twice for the same task"],
+    );
+
+    let run = run_with(
+        "twice-task",
+        &[("t.tsv", GOOD.as_bytes())],
+        &[
+            "train",
+            "--train",
+            "topic=t.tsv",
+            "--train",
+            "t.tsv",
+            "--epochs",
+            "1",
+        ],
+    );
+    expect_error(run, 2, &["--train", "given twice"]);
+}
+
+#[test]
+fn validation_file_that_is_a_training_file_is_warned_about() {
+    let run = run_with(
+        "leak",
+        &[("t.tsv", GOOD.as_bytes())],
+        &[
+            "train", "--train", "t.tsv", "--valid", "t.tsv", "--epochs", "1",
+        ],
+    )
+    .ok();
+    assert!(
+        run.stderr
+            .contains("warning: --valid t.tsv is also a training file"),
+        "{}",
+        run.stderr
+    );
+}

@@ -15,6 +15,7 @@ use crate::data::dataset::{
 use crate::data::table::{read_table, read_table_from, Format, Table};
 use crate::data::tokenizer::Tokenizer;
 use crate::data::vocab::Vocab;
+use crate::fsutil::same_file;
 use crate::usage;
 
 /// The default data set, embedded so `polyhead train` needs no files.
@@ -168,6 +169,49 @@ pub fn input_files(args: &TrainArgs) -> Vec<PathBuf> {
     files
 }
 
+/// A file given twice for the same task of one split is refused (its rows
+/// would count twice); a training file that is also a validation or test
+/// file is warned about, since its scores then measure memory.
+fn repeated_inputs(args: &TrainArgs) -> Result<Vec<String>> {
+    let splits = [
+        ("--train", &args.train),
+        ("--valid", &args.valid),
+        ("--test", &args.test),
+    ];
+    for (flag, specs) in splits {
+        for (i, first) in specs.iter().enumerate() {
+            let (task, file) = split_spec(first);
+            let twice = specs[i + 1..].iter().map(|s| split_spec(s)).any(|(t, f)| {
+                same_file(Path::new(f), Path::new(file))
+                    && (t == task || t.is_none() || task.is_none())
+            });
+            if twice {
+                usage!(
+                    "{flag}: {file} is given twice for the same task; its rows would count twice"
+                );
+            }
+        }
+    }
+
+    let mut warnings = Vec::new();
+    for (flag, specs) in &splits[1..] {
+        for spec in specs.iter() {
+            let file = split_spec(spec).1;
+            let in_training = args
+                .train
+                .iter()
+                .any(|t| same_file(Path::new(split_spec(t).1), Path::new(file)));
+            if in_training {
+                warnings.push(format!(
+                    "{flag} {file} is also a training file: its scores measure what the model \
+                     memorised, not how it does on new texts"
+                ));
+            }
+        }
+    }
+    Ok(warnings)
+}
+
 /// Reads `[TASK=]FILE` specs. A plain file labels every task it has a
 /// column for; `TASK=FILE` labels only TASK, from the column of that name
 /// or else the file's one column besides the text.
@@ -284,6 +328,7 @@ fn align_columns(split: &mut Split, text_column: &str) {
 }
 
 pub fn prepare_training(args: &TrainArgs) -> Result<Prepared> {
+    let mut warnings = repeated_inputs(args)?;
     let (mut train, mut valid, mut test) = read_training_tables(args)?;
     for source in [&train, &valid, &test].into_iter().flatten() {
         text_column_of(&source.table, &args.text_column)?;
@@ -330,7 +375,6 @@ pub fn prepare_training(args: &TrainArgs) -> Result<Prepared> {
     )?;
     let maps = label_maps(&tables, &task_names)?;
 
-    let mut warnings = Vec::new();
     if vocab.words().len() <= 2 {
         warnings.push(format!(
             "the vocabulary is empty: no word is seen --min-count {} times, so every \
