@@ -263,6 +263,20 @@ fn export_refuses_bad_requests_in_one_line() {
         err.to_string().contains("overwrite the model file"),
         "{err}"
     );
+    let err = run_export(&model_path, "torch", &dir.join("m.onnx")).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "--out {}: a .onnx name for the PyTorch (Python source) export; use a .py name",
+            dir.join("m.onnx").display()
+        )
+    );
+    assert!(
+        err.is::<polyhead::cmd::UsageError>(),
+        "not a usage error: {err}"
+    );
+    let err = run_export(&model_path, "onnx", &dir.join("m.py")).unwrap_err();
+    assert!(err.to_string().contains("use a .onnx name"), "{err}");
     let err = run_export(&model_path, "onnx", &dir.join("absent/m.onnx")).unwrap_err();
     assert!(format!("{err:#}").contains("absent/m.onnx"), "{err:#}");
     let err = run_export(&dir.join("nope.safetensors"), "onnx", &dir.join("x.onnx")).unwrap_err();

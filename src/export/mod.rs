@@ -61,12 +61,36 @@ pub fn run_export(model_path: &Path, format: &str, out: &Path) -> Result<()> {
             out.display()
         );
     }
+    check_extension(format, out)?;
     let model = Model::load(model_path)?;
     match format {
         ExportFormat::Onnx => export_onnx(&model, out)?,
         ExportFormat::Torch => export_torch(&model, model_path, out)?,
     }
     write_sidecar(&model, &sidecar)
+}
+
+/// An `--out` whose extension names another format (`model.onnx` for the
+/// PyTorch file) would mislead whoever opens it later; any other name is
+/// the user's choice.
+fn check_extension(format: ExportFormat, out: &Path) -> Result<()> {
+    let expected = match format {
+        ExportFormat::Onnx => "onnx",
+        ExportFormat::Torch => "py",
+    };
+    let known = ["onnx", "py", "pt", "pth", "safetensors"];
+    let extension = out.extension().map(|e| e.to_string_lossy().to_lowercase());
+    if let Some(extension) = extension.filter(|e| known.contains(&e.as_str()) && e != expected) {
+        crate::usage!(
+            "--out {}: a .{extension} name for the {} export; use a .{expected} name",
+            out.display(),
+            match format {
+                ExportFormat::Onnx => "ONNX",
+                ExportFormat::Torch => "PyTorch (Python source)",
+            }
+        );
+    }
+    Ok(())
 }
 
 /// `dir/name.vocab.json` for an export written to `dir/name.ext`.
