@@ -443,6 +443,10 @@ impl Fingerprint {
     pub fn hex(&self) -> String {
         format!("{:016x}", self.0)
     }
+
+    pub fn value(&self) -> u64 {
+        self.0
+    }
 }
 
 #[cfg(test)]

@@ -169,6 +169,10 @@ pub struct TrainArgs {
     /// Count validation/test labels never seen in training as errors instead of stopping
     #[arg(long)]
     pub allow_unseen_labels: bool,
+    /// Tokenise every table again, and keep nothing in the token cache
+    /// (POLYHEAD_CACHE_DIR, default ~/.cache/polyhead)
+    #[arg(long)]
+    pub no_cache: bool,
     /// Print only errors and the final summary
     #[arg(long, short)]
     pub quiet: bool,

@@ -3,6 +3,7 @@
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result};
 
@@ -30,14 +31,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// `dir/.name.tmp-PID`: hidden, unique per process, in the target's folder
-/// (a rename across file systems would not be atomic).
+/// `dir/.name.tmp-PID-N`: hidden, unique per process and call (two threads
+/// may write the same file), in the target's folder (a rename across file
+/// systems would not be atomic).
 fn temporary_name(path: &Path) -> PathBuf {
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, Ordering::Relaxed);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+    path.with_file_name(format!(".{name}.tmp-{}-{call}", std::process::id()))
 }
 
 fn sync_parent(path: &Path) {

@@ -508,6 +508,7 @@ fn a_closed_stderr_does_not_stop_training() {
     let dir = scratch("closed-stderr");
     std::fs::write(dir.join("t.tsv"), GOOD).unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_polyhead"))
+        .env("POLYHEAD_CACHE_DIR", common::token_cache())
         .args([
             "train",
             "--data",

@@ -68,6 +68,7 @@ fn sigkill_at_random_moments_then_resume_gives_identical_weights() {
         let model = dir.join(format!("run{attempt}.safetensors"));
         let args = options(data, model.file_name().unwrap().to_str().unwrap());
         let mut child = Command::new(env!("CARGO_BIN_EXE_polyhead"))
+            .env("POLYHEAD_CACHE_DIR", common::token_cache())
             .args(&args)
             .current_dir(&dir)
             .stdout(Stdio::null())
@@ -357,6 +358,7 @@ fn sigkill_with_a_checkpoint_folder_then_resume_from_the_folder() {
         let folder = format!("ck{attempt}");
         let args = folder_options(data, &folder);
         let mut child = Command::new(env!("CARGO_BIN_EXE_polyhead"))
+            .env("POLYHEAD_CACHE_DIR", common::token_cache())
             .args(&args)
             .current_dir(&dir)
             .stdout(Stdio::null())

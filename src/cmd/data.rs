@@ -14,6 +14,7 @@ use crate::data::dataset::{
 };
 use crate::data::table::{read_table, read_table_from, Format, Table};
 use crate::data::tokenizer::Tokenizer;
+use crate::data::tokens::{tokenize_column, TokenCache, TokenizedColumn};
 use crate::data::vocab::Vocab;
 use crate::fsutil::same_file;
 use crate::usage;
@@ -40,6 +41,9 @@ pub struct Prepared {
     /// Task name and its classes, in the model's order.
     pub tasks: Vec<(String, Vec<String>)>,
     pub warnings: Vec<String>,
+    /// Tables read, and how many of them had their tokens in the cache.
+    pub tables: usize,
+    pub tables_cached: usize,
     summary: Summary,
     sources: Vec<String>,
 }
@@ -133,6 +137,8 @@ fn text_column_of(table: &Table, text_column: &str) -> Result<usize> {
 struct Source {
     table: Table,
     tasks: Vec<(String, String)>,
+    /// The text column's tokens, filled once the column is known to exist.
+    tokens: TokenizedColumn,
 }
 
 /// The tables of one split.
@@ -226,6 +232,7 @@ fn read_sources(specs: &[String], args: &TrainArgs) -> Result<Split> {
             Ok(Source {
                 tasks: source_tasks(&table, task, args)?,
                 table,
+                tokens: TokenizedColumn::default(),
             })
         })
         .collect()
@@ -276,7 +283,11 @@ fn read_training_tables(args: &TrainArgs) -> Result<(Split, Split, Split)> {
     let format = format_of(args.format);
     let whole = |table: Table| -> Result<Split> {
         let tasks = source_tasks(&table, None, args)?;
-        Ok(vec![Source { table, tasks }])
+        Ok(vec![Source {
+            table,
+            tasks,
+            tokens: TokenizedColumn::default(),
+        }])
     };
     let read = |path: &Path| -> Result<Split> { whole(read_table(path, format)?) };
     match &args.data {
@@ -330,8 +341,23 @@ fn align_columns(split: &mut Split, text_column: &str) {
 pub fn prepare_training(args: &TrainArgs) -> Result<Prepared> {
     let mut warnings = repeated_inputs(args)?;
     let (mut train, mut valid, mut test) = read_training_tables(args)?;
-    for source in [&train, &valid, &test].into_iter().flatten() {
-        text_column_of(&source.table, &args.text_column)?;
+    let tokenizer = Tokenizer::default();
+    let cache = if args.no_cache {
+        None
+    } else {
+        TokenCache::from_env()
+    };
+    let mut cached = 0;
+    for source in [&mut train, &mut valid, &mut test].into_iter().flatten() {
+        let column = text_column_of(&source.table, &args.text_column)?;
+        source.tokens = match &cache {
+            Some(cache) => {
+                let (tokens, hit) = cache.tokens(&source.table, column, &tokenizer);
+                cached += usize::from(hit);
+                tokens
+            }
+            None => tokenize_column(&source.table, column, &tokenizer),
+        };
     }
     let mut task_names: Vec<String> = Vec::new();
     for (task, _) in train.iter().flat_map(|s| &s.tasks) {
@@ -364,15 +390,9 @@ pub fn prepare_training(args: &TrainArgs) -> Result<Prepared> {
         align_columns(split, &args.text_column);
     }
 
-    let tokenizer = Tokenizer::default();
     let tables: Vec<&Table> = train.iter().map(|s| &s.table).collect();
-    let vocab = Vocab::build(
-        &tables,
-        &args.text_column,
-        &tokenizer,
-        args.min_count,
-        args.vocab_size,
-    )?;
+    let tokens: Vec<&TokenizedColumn> = train.iter().map(|s| &s.tokens).collect();
+    let vocab = Vocab::from_tokens(&tokens, args.min_count, args.vocab_size);
     let maps = label_maps(&tables, &task_names)?;
 
     if vocab.words().len() <= 2 {
@@ -409,7 +429,7 @@ pub fn prepare_training(args: &TrainArgs) -> Result<Prepared> {
                 required: &required,
             };
             let (encoded, summary) =
-                encode_table(&source.table, &maps, &vocab, &tokenizer, &options)?;
+                encode_table(&source.table, &source.tokens, &maps, &vocab, &options)?;
             warnings.extend(summary.warnings.iter().cloned());
             parts.push((encoded, summary));
         }
@@ -429,7 +449,7 @@ pub fn prepare_training(args: &TrainArgs) -> Result<Prepared> {
         warnings.push("no validation file: training without per-epoch scores".to_string());
     }
 
-    let sources = [&train, &valid, &test]
+    let sources: Vec<String> = [&train, &valid, &test]
         .into_iter()
         .flatten()
         .map(|s| format!("{} ({} rows)", s.table.source, s.table.rows.len()))
@@ -441,6 +461,8 @@ pub fn prepare_training(args: &TrainArgs) -> Result<Prepared> {
         vocab: vocab.words().to_vec(),
         tasks: maps.into_iter().map(|m| (m.task, m.classes)).collect(),
         warnings,
+        tables: sources.len(),
+        tables_cached: cached,
         summary,
         sources,
     })
@@ -538,7 +560,6 @@ pub fn encode_for_model(
     text_column: &str,
     tasks: &[String],
 ) -> Result<(Encoded, Summary)> {
-    text_column_of(table, text_column)?;
     let vocab = Vocab::from_words(loaded.model.vocab.clone())
         .map_err(|e| anyhow::anyhow!("the model's vocabulary is not usable: {e}"))?;
     let maps: Vec<LabelMap> = loaded
@@ -558,11 +579,7 @@ pub fn encode_for_model(
         training: false,
         required: tasks,
     };
-    Ok(encode_table(
-        table,
-        &maps,
-        &vocab,
-        &loaded.tokenizer,
-        &options,
-    )?)
+    let column = text_column_of(table, text_column)?;
+    let tokens = tokenize_column(table, column, &loaded.tokenizer);
+    Ok(encode_table(table, &tokens, &maps, &vocab, &options)?)
 }

@@ -179,10 +179,14 @@ fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
         crate::say!("polyhead: warning: {warning}");
     }
     say(data.summary());
-    say(format!(
-        "read and tokenised in {:.2} s",
-        started.elapsed().as_secs_f64()
-    ));
+    let seconds = started.elapsed().as_secs_f64();
+    say(match data.tables_cached {
+        0 => format!("read and tokenised in {seconds:.2} s"),
+        n => format!(
+            "read in {seconds:.2} s; tokens of {n} of {} from the token cache",
+            super::count(data.tables, "table")
+        ),
+    });
 
     let config = model_config(args, &data);
     let task_names = config.task_names();

@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use crate::data::table::{DataError, Table};
-use crate::data::tokenizer::Tokenizer;
+use crate::data::tokens::TokenizedColumn;
 use crate::data::vocab::{column_index, Vocab, UNK};
 
 /// One task's classes, in index order (sorted label strings).
@@ -111,15 +111,18 @@ pub fn label_maps(tables: &[&Table], tasks: &[String]) -> Result<Vec<LabelMap>, 
         .collect()
 }
 
-/// Tokenises and labels every row of `table`.
+/// Labels every row of `table` and turns the tokens of its text column
+/// (`tokens`, from [`crate::data::tokens`]) into vocabulary ids.
 pub fn encode_table(
     table: &Table,
+    tokens: &TokenizedColumn,
     maps: &[LabelMap],
     vocab: &Vocab,
-    tokenizer: &Tokenizer,
     options: &EncodeOptions<'_>,
 ) -> Result<(Encoded, Summary), DataError> {
-    let text_column = column_index(table, options.text_column)?;
+    column_index(table, options.text_column)?;
+    assert_eq!(tokens.rows(), table.rows.len(), "tokens of another table");
+    let vocab_ids: Vec<i32> = tokens.lexicon.iter().map(|t| vocab.id(t)).collect();
     let mut task_columns = Vec::with_capacity(maps.len());
     for map in maps {
         match column_index(table, &map.task) {
@@ -155,7 +158,7 @@ pub fn encode_table(
     let mut row_labels = vec![0i32; tasks];
     let mut ids = Vec::new();
 
-    for row in &table.rows {
+    for (row_index, row) in table.rows.iter().enumerate() {
         for (i, column) in task_columns.iter().enumerate() {
             row_labels[i] = -1;
             let Some(label) = column.and_then(|c| row.cell(c)) else {
@@ -180,13 +183,9 @@ pub fn encode_table(
         }
 
         ids.clear();
-        if let Some(text) = row.cell(text_column) {
-            tokenizer.for_each_token(text, |t| {
-                if ids.len() < options.max_len {
-                    ids.push(vocab.id(t));
-                }
-            });
-        }
+        let row_tokens = tokens.row(row_index);
+        let kept = &row_tokens[..row_tokens.len().min(options.max_len)];
+        ids.extend(kept.iter().map(|&t| vocab_ids[t as usize]));
         if options.training {
             if row_labels.iter().all(|&y| y < 0) {
                 unlabelled += 1;

@@ -3,4 +3,5 @@
 pub mod dataset;
 pub mod table;
 pub mod tokenizer;
+pub mod tokens;
 pub mod vocab;

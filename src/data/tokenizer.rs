@@ -29,6 +29,9 @@
 use serde::{Deserialize, Serialize};
 use unicode_properties::{GeneralCategory, GeneralCategoryGroup, UnicodeGeneralCategory};
 
+/// Version of the rule above, recorded in exports and token caches.
+pub const TOKENIZER_VERSION: u32 = 1;
+
 /// Tokenizer settings, stored in the model file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tokenizer {

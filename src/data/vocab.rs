@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::data::table::{DataError, Table};
 use crate::data::tokenizer::Tokenizer;
+use crate::data::tokens::{tokenize_column, TokenizedColumn};
 
 pub const PAD: i32 = 0;
 pub const UNK: i32 = 1;
@@ -26,12 +27,29 @@ impl Vocab {
         min_count: usize,
         max_words: usize,
     ) -> Result<Vocab, DataError> {
-        let mut counts: HashMap<String, usize> = HashMap::new();
+        let mut columns = Vec::with_capacity(tables.len());
         for table in tables {
             let column = column_index(table, text_column)?;
-            count_tokens(table, column, tokenizer, &mut counts);
+            columns.push(tokenize_column(table, column, tokenizer));
         }
-        Ok(Vocab::from_counts(counts, min_count, max_words))
+        let columns: Vec<&TokenizedColumn> = columns.iter().collect();
+        Ok(Vocab::from_tokens(&columns, min_count, max_words))
+    }
+
+    /// [`Vocab::build`] from columns already tokenised.
+    pub fn from_tokens(columns: &[&TokenizedColumn], min_count: usize, max_words: usize) -> Vocab {
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for column in columns {
+            for (token, n) in column.lexicon.iter().zip(column.counts()) {
+                match counts.get_mut(token) {
+                    Some(total) => *total += n,
+                    None => {
+                        counts.insert(token.clone(), n);
+                    }
+                }
+            }
+        }
+        Vocab::from_counts(counts, min_count, max_words)
     }
 
     pub fn from_counts(
@@ -84,25 +102,6 @@ impl Vocab {
 
     pub fn is_empty(&self) -> bool {
         self.words.len() <= 2
-    }
-}
-
-fn count_tokens(
-    table: &Table,
-    column: usize,
-    tokenizer: &Tokenizer,
-    counts: &mut HashMap<String, usize>,
-) {
-    for row in &table.rows {
-        if let Some(text) = row.cell(column) {
-            tokenizer.for_each_token(text, |t| {
-                if let Some(n) = counts.get_mut(t) {
-                    *n += 1;
-                } else {
-                    counts.insert(t.to_string(), 1);
-                }
-            });
-        }
     }
 }
 

@@ -27,9 +27,7 @@ use crate::model::Model;
 pub use onnx::export_onnx;
 pub use torch::export_torch;
 
-/// Version of the tokenizer rule (src/data/tokenizer.rs) that the exported
-/// metadata refers to.
-pub const TOKENIZER_VERSION: u32 = 1;
+pub use crate::data::tokenizer::TOKENIZER_VERSION;
 
 /// What `polyhead export --format` accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

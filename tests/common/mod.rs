@@ -61,7 +61,8 @@ pub fn polyhead_in(dir: &Path, args: &[&str], stdin: Option<&[u8]>) -> Run {
     command
         .args(args)
         .current_dir(dir)
-        .env("RUST_BACKTRACE", "0");
+        .env("RUST_BACKTRACE", "0")
+        .env("POLYHEAD_CACHE_DIR", token_cache());
     command.stdin(if stdin.is_some() {
         Stdio::piped()
     } else {
@@ -83,6 +84,12 @@ pub fn polyhead_in(dir: &Path, args: &[&str], stdin: Option<&[u8]>) -> Run {
         stdout: String::from_utf8_lossy(&stdout).into_owned(),
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
     }
+}
+
+/// The token cache of every test run: under the build folder, never the
+/// user's own cache.
+pub fn token_cache() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("token-cache")
 }
 
 pub fn polyhead(dir: &Path, args: &[&str]) -> Run {
