@@ -82,7 +82,7 @@ def data_files():
         "valid_unseen_label.tsv": b"text\ttopic\tmood\na b\tx\tp\nc d\tx\tsad\n",
         # NUL bytes.
         "nul_in_text.tsv": b"text\ttopic\na\x00b\tx\nc\ty\n",
-        "nul_in_field.csv": b"text,topic\n\"multi\nli\x00ne\",x\n",
+        "nul_in_field.csv": b'text,topic\n"multi\nli\x00ne",x\n',
         "nul_predict.txt": b"a b\nc\x00d\n",
         # JSON Lines.
         "json_field_array.jsonl": b'{"text": ["a", "b"], "topic": "x"}\n',
@@ -113,7 +113,11 @@ def read_st(path):
     meta = header.pop("__metadata__")
     data = raw[8 + n :]
     tensors = {
-        name: (info["dtype"], info["shape"], data[info["data_offsets"][0] : info["data_offsets"][1]])
+        name: (
+            info["dtype"],
+            info["shape"],
+            data[info["data_offsets"][0] : info["data_offsets"][1]],
+        )
         for name, info in header.items()
     }
     return raw, meta, tensors
@@ -123,7 +127,11 @@ def build_st(meta, tensors):
     header = {} if meta is None else {"__metadata__": meta}
     offset, blob = 0, b""
     for name, (dtype, shape, data) in tensors.items():
-        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + len(data)]}
+        header[name] = {
+            "dtype": dtype,
+            "shape": shape,
+            "data_offsets": [offset, offset + len(data)],
+        }
         offset += len(data)
         blob += data
     text = json.dumps(header).encode()
@@ -135,9 +143,28 @@ def model_files(polyhead):
     work = tempfile.mkdtemp()
     with open(os.path.join(work, "train.tsv"), "wb") as f:
         f.write(GOOD_TSV)
-    run(polyhead, work, "train", "--data", "train.tsv", "--epochs", "1", "--embed-dim", "4",
-        "--filters", "3", "--kernel-size", "2", "--hidden", "2", "--seed", "1", "-q",
-        "--out", "good.safetensors")
+    run(
+        polyhead,
+        work,
+        "train",
+        "--data",
+        "train.tsv",
+        "--epochs",
+        "1",
+        "--embed-dim",
+        "4",
+        "--filters",
+        "3",
+        "--kernel-size",
+        "2",
+        "--hidden",
+        "2",
+        "--seed",
+        "1",
+        "-q",
+        "--out",
+        "good.safetensors",
+    )
     raw, meta, tensors = read_st(os.path.join(work, "good.safetensors"))
     shutil.rmtree(work)
     config = json.loads(meta["config"])
@@ -175,47 +202,67 @@ def model_files(polyhead):
         "header_length_past_end.safetensors": struct.pack("<Q", len(raw)) + raw[8:],
         "header_not_json.safetensors": raw[:8] + b"[" + raw[9:],
         "header_key_altered.safetensors": raw.replace(b'"data_offsets"', b'"data_offsetz"', 1),
-        "header_offset_altered.safetensors": raw.replace(b'"data_offsets":[0,', b'"data_offsets":[4,', 1),
+        "header_offset_altered.safetensors": raw.replace(
+            b'"data_offsets":[0,', b'"data_offsets":[4,', 1
+        ),
         "not_safetensors.bin": b"\x80\x04\x95" + bytes(64),
         "shape_vs_config.safetensors": build_st(with_config(filters=4), tensors),
         "embedding_transposed.safetensors": build_st(
-            meta, with_tensor("embedding.weight", (emb[0], emb[1][::-1], emb[2]))),
+            meta, with_tensor("embedding.weight", (emb[0], emb[1][::-1], emb[2]))
+        ),
         "tensor_missing.safetensors": build_st(meta, with_tensor("conv.bias", drop=True)),
         "tensor_extra.safetensors": build_st(
-            meta, {**tensors, "extra.weight": ("F32", [1], bytes(4))}),
+            meta, {**tensors, "extra.weight": ("F32", [1], bytes(4))}
+        ),
         "tensor_nan.safetensors": build_st(
-            meta, with_tensor("conv.bias", (dtype, shape, nan + bias[4:]))),
+            meta, with_tensor("conv.bias", (dtype, shape, nan + bias[4:]))
+        ),
         "tensor_inf.safetensors": build_st(
-            meta, with_tensor("conv.bias", (dtype, shape, bias[:-4] + inf))),
+            meta, with_tensor("conv.bias", (dtype, shape, bias[:-4] + inf))
+        ),
         "dtype_f16.safetensors": build_st(
-            meta, with_tensor("conv.bias", ("F16", shape, bias[: len(bias) // 2]))),
+            meta, with_tensor("conv.bias", ("F16", shape, bias[: len(bias) // 2]))
+        ),
         "dtype_i32.safetensors": build_st(meta, with_tensor("conv.bias", ("I32", shape, bias))),
         "vocab_object.safetensors": build_st(with_meta(vocab='{"<pad>": 0, "<unk>": 1}'), tensors),
         "vocab_string.safetensors": build_st(with_meta(vocab='"<pad> <unk> a b"'), tensors),
         "vocab_bad_json.safetensors": build_st(with_meta(vocab='["<pad>", "<unk>",'), tensors),
-        "vocab_numbers.safetensors": build_st(with_meta(vocab=json.dumps(list(range(len(vocab))))), tensors),
-        "vocab_too_long.safetensors": build_st(with_meta(vocab=json.dumps(vocab + ["extra"])), tensors),
+        "vocab_numbers.safetensors": build_st(
+            with_meta(vocab=json.dumps(list(range(len(vocab))))), tensors
+        ),
+        "vocab_too_long.safetensors": build_st(
+            with_meta(vocab=json.dumps(vocab + ["extra"])), tensors
+        ),
         "vocab_too_short.safetensors": build_st(with_meta(vocab=json.dumps(vocab[:-1])), tensors),
         "vocab_no_specials.safetensors": build_st(
-            with_meta(vocab=json.dumps(["a"] + vocab[1:])), tensors),
+            with_meta(vocab=json.dumps(["a"] + vocab[1:])), tensors
+        ),
         "vocab_duplicate.safetensors": build_st(
-            with_meta(vocab=json.dumps(vocab[:3] + [vocab[2]] + vocab[4:])), tensors),
+            with_meta(vocab=json.dumps(vocab[:3] + [vocab[2]] + vocab[4:])), tensors
+        ),
         "metadata_none.safetensors": build_st(None, tensors),
-        "metadata_no_config.safetensors": build_st({k: v for k, v in meta.items() if k != "config"}, tensors),
-        "metadata_no_vocab.safetensors": build_st({k: v for k, v in meta.items() if k != "vocab"}, tensors),
+        "metadata_no_config.safetensors": build_st(
+            {k: v for k, v in meta.items() if k != "config"}, tensors
+        ),
+        "metadata_no_vocab.safetensors": build_st(
+            {k: v for k, v in meta.items() if k != "vocab"}, tensors
+        ),
         "metadata_no_version.safetensors": build_st(
-            {k: v for k, v in meta.items() if k != "format_version"}, tensors),
+            {k: v for k, v in meta.items() if k != "format_version"}, tensors
+        ),
         "format_version_future.safetensors": build_st(with_meta(format_version="2"), tensors),
         "format_version_text.safetensors": build_st(with_meta(format_version="one"), tensors),
         "format_other.safetensors": build_st(with_meta(format="pytorch"), tensors),
         "config_bad_json.safetensors": build_st(with_meta(config='{"embed_dim": 4'), tensors),
         "config_huge_sizes.safetensors": build_st(
-            with_config(embed_dim=65536, filters=65536, kernel_size=65536), tensors),
+            with_config(embed_dim=65536, filters=65536, kernel_size=65536), tensors
+        ),
         "config_size_zero.safetensors": build_st(with_config(kernel_size=0), tensors),
         "config_no_tasks.safetensors": build_st(with_config(tasks=[]), tensors),
         "config_task_twice.safetensors": build_st(with_config(tasks=[task0, task0]), tensors),
         "config_class_twice.safetensors": build_st(
-            with_config(tasks=[dict(task0, classes=["x", "x"])] + config["tasks"][1:]), tensors),
+            with_config(tasks=[dict(task0, classes=["x", "x"])] + config["tasks"][1:]), tensors
+        ),
     }
     for name, data in files.items():
         write("models", name, data)
@@ -249,43 +296,77 @@ def state_files(polyhead):
         "base.state.safetensors": build_st(base, tensors),
         "empty.state.safetensors": b"",
         "truncated.state.safetensors": build_st(base, tensors)[:-8],
-        "header_altered.state.safetensors": build_st(base, tensors).replace(b'"dtype"', b'"dtipe"', 1),
+        "header_altered.state.safetensors": build_st(base, tensors).replace(
+            b'"dtype"', b'"dtipe"', 1
+        ),
         "params_short.state.safetensors": build_st(
-            base, {**tensors, "params": (p_dtype, [p_shape[0] - 1], params[:-4])}),
+            base, {**tensors, "params": (p_dtype, [p_shape[0] - 1], params[:-4])}
+        ),
         "adam_v_nan.state.safetensors": build_st(
-            base, {**tensors, "adam.v": (v_dtype, v_shape, struct.pack("<f", float("nan")) + v[4:])}),
+            base, {**tensors, "adam.v": (v_dtype, v_shape, struct.pack("<f", float("nan")) + v[4:])}
+        ),
         "adam_v_negative.state.safetensors": build_st(
-            base, {**tensors, "adam.v": (v_dtype, v_shape, struct.pack("<f", -1.0) + v[4:])}),
+            base, {**tensors, "adam.v": (v_dtype, v_shape, struct.pack("<f", -1.0) + v[4:])}
+        ),
         "tensor_extra.state.safetensors": build_st(
-            base, {**tensors, "extra": ("F32", [1], bytes(4))}),
+            base, {**tensors, "extra": ("F32", [1], bytes(4))}
+        ),
         "run_mix_short.state.safetensors": build_st(
-            with_run(lambda r: r.update(mix_total=[0.0])), tensors),
+            with_run(lambda r: r.update(mix_total=[0.0])), tensors
+        ),
         "run_losses_short.state.safetensors": build_st(
-            with_run(lambda r: r["weighting"].update(epoch_losses=[[0.5]])), tensors),
-        "run_epoch_zero.state.safetensors": build_st(with_run(lambda r: r.update(epoch=0)), tensors),
+            with_run(lambda r: r["weighting"].update(epoch_losses=[[0.5]])), tensors
+        ),
+        "run_epoch_zero.state.safetensors": build_st(
+            with_run(lambda r: r.update(epoch=0)), tensors
+        ),
         "run_batches_past_epoch.state.safetensors": build_st(
-            with_run(lambda r: r.update(batches_done=1 << 62)), tensors),
+            with_run(lambda r: r.update(batches_done=1 << 62)), tensors
+        ),
         "run_not_json.state.safetensors": build_st(dict(base, run="{epoch: 2}"), tensors),
         "step_huge.state.safetensors": build_st(dict(base, step=str((1 << 64) - 1)), tensors),
         "step_not_number.state.safetensors": build_st(dict(base, step="-1"), tensors),
         "options_not_strings.state.safetensors": build_st(
-            dict(base, options=json.dumps({**json.loads(meta["options"]), "--epochs": 2})), tensors),
+            dict(base, options=json.dumps({**json.loads(meta["options"]), "--epochs": 2})), tensors
+        ),
         "format_other.state.safetensors": build_st(dict(base, format="polyhead"), tensors),
         "vocab_too_long.state.safetensors": build_st(
-            dict(base, vocab=json.dumps(json.loads(meta["vocab"]) + ["extra"])), tensors),
-        "fingerprint_other.state.safetensors": build_st(dict(base, data_fingerprint="0" * 16), tensors),
+            dict(base, vocab=json.dumps(json.loads(meta["vocab"]) + ["extra"])), tensors
+        ),
+        "fingerprint_other.state.safetensors": build_st(
+            dict(base, data_fingerprint="0" * 16), tensors
+        ),
         # The lowest mantissa bit of the first parameter: still a valid,
         # finite state, caught only by the checksum.
         "params_bit_flipped.state.safetensors": build_st(
-            base, {**tensors, "params": (p_dtype, p_shape, bytes([params[0] ^ 1]) + params[1:])}),
+            base, {**tensors, "params": (p_dtype, p_shape, bytes([params[0] ^ 1]) + params[1:])}
+        ),
     }
     for name, data in files.items():
         write("state", name, data)
 
 
 # The options of the stored run; tests/hostile_corpus.rs resumes with the same.
-RUN_ARGS = ["train", "--train", "train.tsv", "--epochs", "2", "--embed-dim", "4", "--filters", "3",
-            "--kernel-size", "2", "--hidden", "2", "--batch-size", "2", "--seed", "1", "-q"]
+RUN_ARGS = [
+    "train",
+    "--train",
+    "train.tsv",
+    "--epochs",
+    "2",
+    "--embed-dim",
+    "4",
+    "--filters",
+    "3",
+    "--kernel-size",
+    "2",
+    "--hidden",
+    "2",
+    "--batch-size",
+    "2",
+    "--seed",
+    "1",
+    "-q",
+]
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
