@@ -54,6 +54,20 @@ enum Class {
 }
 
 fn classify(c: char) -> Class {
+    // Most text is ASCII, whose categories are simple: letters and digits
+    // (`L*`, `Nd`) and `_` (`Pc`) are word characters, blanks and controls
+    // (`Zs`, `Cc`) are spaces, the rest is punctuation or symbols.
+    if c.is_ascii() {
+        return match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '_' => Class::Word,
+            ' ' | '\0'..='\x1f' | '\x7f' => Class::Space,
+            _ => Class::Other,
+        };
+    }
+    classify_by_category(c)
+}
+
+fn classify_by_category(c: char) -> Class {
     let category = c.general_category();
     match category {
         GeneralCategory::Format => return Class::Dropped,
@@ -170,6 +184,13 @@ impl Tokenizer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ascii_shortcut_agrees_with_the_categories() {
+        for c in (0u8..=0x7f).map(char::from) {
+            assert_eq!(classify(c), classify_by_category(c), "{c:?}");
+        }
+    }
 
     fn tokens(text: &str) -> Vec<String> {
         Tokenizer::default().tokens(text)
