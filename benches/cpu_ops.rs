@@ -302,6 +302,7 @@ fn train_step(
         &mut w.v,
         shape.len,
         &step,
+        None,
     )
     .expect(ok);
     lap(6);

@@ -22,6 +22,9 @@
 //   g = grad * grad_scale (1 / loss scale for fp16). The arithmetic uses
 //   round-to-nearest intrinsics, never fused multiply-adds, so the result
 //   is bit-identical to the CPU backend's.
+//   With `marks` (not null), LazyAdam: of the first `lazy_len` elements
+//   (the embedding, `lazy_width` per row) only rows r with
+//   marks[r] == stamp are updated; the others keep weights and moments.
 // working_copy_<bf16|f16>: the same copy from params alone (first use,
 //   or after the parameters were written by anything but Adam).
 
@@ -32,6 +35,9 @@ struct AdamScalars {
     float beta1, beta2, eps;
     float correction2_sqrt;  // sqrt(1 - b2^t)
     float grad_scale;
+    long long lazy_len;      // LazyAdam's block: elements, and per row
+    int lazy_width;
+    int stamp;               // the mark of rows the batch used
 };
 
 // Moments below the smallest normal float are stored as 0, exactly as the
@@ -48,6 +54,7 @@ __device__ __forceinline__ void adam(float* __restrict__ params,
                                      float* __restrict__ v,
                                      i64 len,
                                      const AdamScalars& s,
+                                     const int* __restrict__ marks,
                                      const ph::WorkingLayout& layout,
                                      half_bits* __restrict__ emb_h,
                                      half_bits* __restrict__ w_h) {
@@ -55,6 +62,7 @@ __device__ __forceinline__ void adam(float* __restrict__ params,
     const float one_minus_b2 = __fsub_rn(1.0f, s.beta2);
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < len;
          i += (i64)gridDim.x * blockDim.x) {
+        if (marks != nullptr && i < s.lazy_len && marks[i / s.lazy_width] != s.stamp) continue;
         const float g = __fmul_rn(grads[i], s.grad_scale);
         const float mi =
             flushed(__fadd_rn(__fmul_rn(s.beta1, m[i]), __fmul_rn(one_minus_b1, g)));
@@ -74,10 +82,11 @@ __device__ __forceinline__ void adam(float* __restrict__ params,
                                     const float* __restrict__ grads, float* __restrict__ m, \
                                     float* __restrict__ v, long long len,                \
                                     const AdamScalars scalars,                           \
+                                    const int* __restrict__ marks,                       \
                                     const ph::WorkingLayout layout,                      \
                                     half_bits* __restrict__ emb_h,                       \
                                     half_bits* __restrict__ w_h) {                       \
-        adam<P>(params, grads, m, v, len, scalars, layout, emb_h, w_h);                  \
+        adam<P>(params, grads, m, v, len, scalars, marks, layout, emb_h, w_h);           \
     }
 
 ADAM_ENTRY(adam_f32, 0)

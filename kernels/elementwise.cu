@@ -33,6 +33,10 @@
 // all_finite_f32        sets *flag = 1 if any of the first len values is
 //                       NaN or infinite (the host zeroes the flag first;
 //                       every writer stores the same 1, so no atomics).
+// mark_rows_i32         marks[tokens[i]] = stamp for i < count: the
+//                       embedding rows a batch used, for LazyAdam; ids past
+//                       `rows` are ignored. Every writer of a row stores the
+//                       same stamp. Grid-stride.
 
 #include "common.cuh"
 
@@ -137,4 +141,16 @@ extern "C" __global__ void all_finite_f32(const float* __restrict__ x,
          i += (i64)gridDim.x * blockDim.x)
         bad |= !ph::is_finite(x[i]);
     if (bad) *flag = 1;
+}
+
+extern "C" __global__ void mark_rows_i32(const int* __restrict__ tokens,
+                                         long long count,
+                                         int* __restrict__ marks,
+                                         int rows,
+                                         int stamp) {
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < count;
+         i += (i64)gridDim.x * blockDim.x) {
+        const unsigned row = (unsigned)tokens[i];
+        if (row < (unsigned)rows) marks[row] = stamp;
+    }
 }

@@ -40,6 +40,21 @@ pub enum Command {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OptimizerArg {
+    Adam,
+    LazyAdam,
+}
+
+impl OptimizerArg {
+    pub fn name(self) -> &'static str {
+        match self {
+            OptimizerArg::Adam => "adam",
+            OptimizerArg::LazyAdam => "lazy-adam",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum FormatArg {
     Tsv,
     Csv,
@@ -118,6 +133,11 @@ pub struct TrainArgs {
     /// Adam learning rate
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f32,
+    /// Optimiser: adam (PyTorch's), or lazy-adam, which updates an embedding
+    /// row only in steps whose batch uses it: much faster with large
+    /// vocabularies, and a different optimiser (TensorFlow's LazyAdam)
+    #[arg(long, value_enum, default_value_t = OptimizerArg::Adam)]
+    pub optimizer: OptimizerArg,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// CPU threads (default: all cores)
@@ -295,6 +315,9 @@ pub struct BenchArgs {
     pub threads: Option<usize>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Optimiser of the timed steps: adam (the peer's) or lazy-adam
+    #[arg(long, value_enum, default_value_t = OptimizerArg::Adam)]
+    pub optimizer: OptimizerArg,
     /// Print one JSON line shaped like the PyTorch peer's bench output
     #[arg(long)]
     pub json: bool,

@@ -134,7 +134,7 @@ fn a_training_step_allocates_nothing_once_warm() {
                     step: n,
                     grad_scale: 1.0,
                 };
-                cpu.adam(&mut params, &grads, &mut m, &mut v, shape.len, &adam)
+                cpu.adam(&mut params, &grads, &mut m, &mut v, shape.len, &adam, None)
                     .unwrap();
                 assert!(cpu.all_finite(&grads, shape.len).unwrap());
             };

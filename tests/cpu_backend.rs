@@ -12,7 +12,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use polyhead::backend::cpu::{CpuBackend, SimdPath};
-use polyhead::backend::{AdamStep, Backend, TokenBatch};
+use polyhead::backend::{AdamStep, Backend, LazyRows, TokenBatch};
 use polyhead::model::{Dims, HeadDims, Shape};
 
 // ---------------------------------------------------------------------------
@@ -976,7 +976,7 @@ fn adam_flushes_moments_below_the_smallest_normal_float() {
         grad_scale: 1.0,
     };
     backend
-        .adam(&mut params, &grads, &mut m, &mut v, n, &step)
+        .adam(&mut params, &grads, &mut m, &mut v, n, &step, None)
         .unwrap();
     assert_eq!(m[..3], [above * 0.5, 0.0, 0.0]);
     assert_eq!(v[..3], [above * 0.5, 0.0, 0.0]);
@@ -1032,8 +1032,16 @@ fn adam_step_matches_hand_arithmetic() {
                 step: step as u64 + 1,
                 grad_scale: grad_scales[step],
             };
-            cpu.adam(&mut params, &grads[step].to_vec(), &mut m, &mut v, 3, &adam)
-                .unwrap();
+            cpu.adam(
+                &mut params,
+                &grads[step].to_vec(),
+                &mut m,
+                &mut v,
+                3,
+                &adam,
+                None,
+            )
+            .unwrap();
             for i in 0..3 {
                 let err = (params[i] - want_after[step][i]).abs();
                 assert!(
@@ -1070,7 +1078,7 @@ fn adam_matches_reference_on_random_values() {
         // One element past `len` must stay as it is.
         params.push(5.0);
         let mut cpu = CpuBackend::with_path(path);
-        cpu.adam(&mut params, &grads, &mut m, &mut v, len, &step)
+        cpu.adam(&mut params, &grads, &mut m, &mut v, len, &step, None)
             .unwrap();
         assert_eq!(params[len], 5.0);
         let t = step.step as f64;
@@ -1106,6 +1114,109 @@ fn adam_matches_reference_on_random_values() {
             path.name()
         );
     }
+}
+
+/// LazyAdam: marked rows of the block get exactly Adam's update (checked
+/// against the float64 reference above through the dense call), unmarked
+/// rows keep weights and moments bit for bit, and everything past the
+/// block is dense Adam.
+#[test]
+fn lazy_adam_updates_only_the_marked_rows() {
+    let mut rng = seeded("lazy_adam_updates_only_the_marked_rows");
+    for path in paths() {
+        let (rows, width) = (rng.range(1, 3000), rng.range(1, 200));
+        let len = rows * width + rng.range(0, 5000);
+        let random = |rng: &mut Rng, scale: f32| -> Vec<f32> {
+            (0..len).map(|_| rng.uniform(scale)).collect()
+        };
+        let params = random(&mut rng, 1.0);
+        let grads = random(&mut rng, 10.0);
+        let m = random(&mut rng, 0.1);
+        let v: Vec<f32> = random(&mut rng, 0.01).iter().map(|x| x.abs()).collect();
+        let step = AdamStep {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            step: rng.range(1, 5000) as u64,
+            grad_scale: 0.5,
+        };
+
+        // A batch's tokens, padding included; earlier stamps elsewhere.
+        let stamp = rng.range(2, 1000) as i32;
+        let mut marks: Vec<i32> = (0..rows)
+            .map(|_| rng.below(stamp as usize) as i32)
+            .collect();
+        let tokens: Vec<i32> = (0..rng.range(1, 2000))
+            .map(|_| rng.below(rows) as i32)
+            .collect();
+        let mut cpu = CpuBackend::with_path(path);
+        cpu.mark_rows(&tokens, tokens.len(), &mut marks, stamp)
+            .unwrap();
+        for r in 0..rows {
+            assert_eq!(marks[r] == stamp, tokens.contains(&(r as i32)), "row {r}");
+        }
+
+        let (mut dense_p, mut dense_m, mut dense_v) = (params.clone(), m.clone(), v.clone());
+        cpu.adam(
+            &mut dense_p,
+            &grads,
+            &mut dense_m,
+            &mut dense_v,
+            len,
+            &step,
+            None,
+        )
+        .unwrap();
+        let (mut lazy_p, mut lazy_m, mut lazy_v) = (params.clone(), m.clone(), v.clone());
+        let lazy = LazyRows {
+            marks: &marks,
+            stamp,
+            rows,
+            width,
+        };
+        cpu.adam(
+            &mut lazy_p,
+            &grads,
+            &mut lazy_m,
+            &mut lazy_v,
+            len,
+            &step,
+            Some(&lazy),
+        )
+        .unwrap();
+
+        let bits = |x: &[f32]| -> Vec<u32> { x.iter().map(|f| f.to_bits()).collect() };
+        for i in 0..len {
+            let used = i >= rows * width || marks[i / width] == stamp;
+            let (want_p, want_m, want_v) = if used {
+                (dense_p[i], dense_m[i], dense_v[i])
+            } else {
+                (params[i], m[i], v[i])
+            };
+            assert_eq!(
+                bits(&[lazy_p[i], lazy_m[i], lazy_v[i]]),
+                bits(&[want_p, want_m, want_v]),
+                "{}: element {i} (row {}, used {used})",
+                path.name(),
+                i / width
+            );
+        }
+    }
+}
+
+#[test]
+fn mark_rows_refuses_a_token_past_the_table() {
+    let mut cpu = CpuBackend::new();
+    let mut marks = vec![0; 4];
+    let err = cpu
+        .mark_rows(&vec![1, 4], 2, &mut marks, 7)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("token id 4 outside the 4 embedding rows"),
+        "{err}"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -1229,8 +1340,16 @@ fn backend_step(
         step: 3,
         grad_scale: 1.0,
     };
-    cpu.adam(&mut params_after, &grads, &mut m, &mut v, shape.len, &adam)
-        .unwrap();
+    cpu.adam(
+        &mut params_after,
+        &grads,
+        &mut m,
+        &mut v,
+        shape.len,
+        &adam,
+        None,
+    )
+    .unwrap();
 
     let loss: f64 = loss_sums
         .iter()
@@ -1562,7 +1681,7 @@ fn bad_input_is_a_clear_error() {
     };
     let (mut p, mut m, mut v) = (vec![0.0; 2], vec![0.0; 2], vec![0.0; 2]);
     let err = cpu
-        .adam(&mut p, &vec![0.0; 2], &mut m, &mut v, 2, &step)
+        .adam(&mut p, &vec![0.0; 2], &mut m, &mut v, 2, &step, None)
         .unwrap_err()
         .to_string();
     assert!(err.contains("count from 1"), "{err}");

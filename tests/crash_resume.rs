@@ -15,9 +15,11 @@ use polyhead::rng::Rng;
 
 const KILLS: usize = 20;
 
-fn options(data: &str, out: &str) -> Vec<String> {
+fn options(data: &str, out: &str, optimizer: &str) -> Vec<String> {
     [
         "train",
+        "--optimizer",
+        optimizer,
         "--data",
         data,
         "--batch-size",
@@ -45,12 +47,23 @@ fn bits(model: &Model) -> Vec<u32> {
 
 #[test]
 fn sigkill_at_random_moments_then_resume_gives_identical_weights() {
-    let dir = scratch("kill");
+    kill_and_resume("adam", KILLS);
+}
+
+/// LazyAdam marks the rows each step uses by the step's number, so a
+/// resumed run needs no marks from before the kill.
+#[test]
+fn lazy_adam_runs_resume_to_identical_weights() {
+    kill_and_resume("lazy-adam", 6);
+}
+
+fn kill_and_resume(optimizer: &str, kills: usize) {
+    let dir = scratch(&format!("kill-{optimizer}"));
     let data = case("case-16").join("train.tsv");
     let data = data.to_str().unwrap();
 
     let started = Instant::now();
-    let reference_args = options(data, "reference.safetensors");
+    let reference_args = options(data, "reference.safetensors", optimizer);
     let refs: Vec<&str> = reference_args.iter().map(String::as_str).collect();
     polyhead(&dir, &refs).ok();
     let full_run = started.elapsed();
@@ -64,9 +77,13 @@ fn sigkill_at_random_moments_then_resume_gives_identical_weights() {
     let mut rng = Rng::new(seed as u64);
     let (mut killed_mid_run, mut resumed) = (0, 0);
 
-    for attempt in 0..KILLS {
+    for attempt in 0..kills {
         let model = dir.join(format!("run{attempt}.safetensors"));
-        let args = options(data, model.file_name().unwrap().to_str().unwrap());
+        let args = options(
+            data,
+            model.file_name().unwrap().to_str().unwrap(),
+            optimizer,
+        );
         let mut child = Command::new(env!("CARGO_BIN_EXE_polyhead"))
             .env("POLYHEAD_CACHE_DIR", common::token_cache())
             .args(&args)
@@ -107,10 +124,11 @@ fn sigkill_at_random_moments_then_resume_gives_identical_weights() {
         );
     }
     println!(
-        "{KILLS} kills, {killed_mid_run} while training ran, {resumed} resumed from a checkpoint"
+        "{optimizer}: {kills} kills, {killed_mid_run} while training ran, {resumed} resumed \
+         from a checkpoint"
     );
     assert!(
-        killed_mid_run >= KILLS / 2,
+        killed_mid_run >= kills / 2,
         "too few kills landed mid-run: {killed_mid_run}"
     );
 }
@@ -152,6 +170,28 @@ fn resuming_with_other_options_or_data_is_refused() {
     .fails(2);
     assert!(
         run.stderr.contains("--batch-size is \"8\" here but \"64\""),
+        "{}",
+        run.stderr
+    );
+
+    let run = polyhead(
+        &dir,
+        &[
+            "train",
+            "--data",
+            data,
+            "--epochs",
+            "2",
+            "--optimizer",
+            "lazy-adam",
+            "--resume",
+            "m.safetensors",
+        ],
+    )
+    .fails(2);
+    assert!(
+        run.stderr
+            .contains("--optimizer is \"lazy-adam\" here but \"adam\""),
         "{}",
         run.stderr
     );

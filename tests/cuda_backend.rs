@@ -13,7 +13,7 @@
 use half::{bf16, f16};
 use polyhead::backend::cpu::CpuBackend;
 use polyhead::backend::cuda::{probe_device, CudaBackend, Precision};
-use polyhead::backend::{AdamStep, Backend, DeviceTexts, DropoutDraw, TokenBatch};
+use polyhead::backend::{AdamStep, Backend, DeviceTexts, DropoutDraw, LazyRows, TokenBatch};
 use polyhead::model::{Dims, HeadDims, Shape};
 
 const FP32_TOLERANCE: f64 = 1e-5;
@@ -790,6 +790,81 @@ fn gather_and_dropout_mask_match_cpu_exactly() {
     println!("gather and dropout: identical to the CPU");
 }
 
+/// LazyAdam's marks and masked update: the same rows marked, the same bits
+/// written, unmarked rows untouched on both backends.
+#[test]
+fn lazy_adam_matches_cpu() {
+    let Some(mut gpu) = gpu(Precision::Fp32) else {
+        return;
+    };
+    let mut rng = Rng::fresh("lazy_adam");
+    let (rows, width, tail) = (5003, 96, 12_345);
+    let len = rows * width + tail;
+    let mut cpu = CpuBackend::new();
+
+    let (mut p, mut m, mut v) = (rng.floats(len, 1.0), vec![0.0; len], vec![0.0; len]);
+    let (mut p_d, mut m_d, mut v_d) = (up(&gpu, &p), up(&gpu, &m), up(&gpu, &v));
+    let (mut marks, mut marks_d) = (vec![0; rows], up_ints(&gpu, &vec![0; rows]));
+    for step in 1..=3u64 {
+        let tokens: Vec<i32> = (0..4000).map(|_| rng.below(rows) as i32).collect();
+        let stamp = step as i32;
+        cpu.mark_rows(&tokens, tokens.len(), &mut marks, stamp)
+            .unwrap();
+        gpu.mark_rows(&up_ints(&gpu, &tokens), tokens.len(), &mut marks_d, stamp)
+            .unwrap();
+        assert_eq!(
+            down_ints(&gpu, &marks_d, rows),
+            marks,
+            "marks (step {step})"
+        );
+
+        let g = rng.floats(len, 0.01);
+        let adam = AdamStep {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            step,
+            grad_scale: 0.5,
+        };
+        let lazy_cpu = LazyRows {
+            marks: &marks,
+            stamp,
+            rows,
+            width,
+        };
+        cpu.adam(&mut p, &g, &mut m, &mut v, len, &adam, Some(&lazy_cpu))
+            .unwrap();
+        let lazy_gpu = LazyRows {
+            marks: &marks_d,
+            stamp,
+            rows,
+            width,
+        };
+        let g_d = up(&gpu, &g);
+        gpu.adam(
+            &mut p_d,
+            &g_d,
+            &mut m_d,
+            &mut v_d,
+            len,
+            &adam,
+            Some(&lazy_gpu),
+        )
+        .unwrap();
+        let (pg, mg, vg) = (
+            down(&gpu, &p_d, len),
+            down(&gpu, &m_d, len),
+            down(&gpu, &v_d, len),
+        );
+        compare(&format!("lazy adam params (step {step})"), &pg, &p, 1e-6);
+        compare(&format!("lazy adam m (step {step})"), &mg, &m, 1e-6);
+        compare(&format!("lazy adam v (step {step})"), &vg, &v, 1e-6);
+    }
+    let untouched = (0..rows).filter(|&r| marks[r] == 0).count();
+    println!("  lazy adam: {untouched} of {rows} rows never marked, matching the CPU");
+}
+
 #[test]
 fn multiply_adam_and_finite_check_match_cpu() {
     let Some(mut gpu) = gpu(Precision::Fp32) else {
@@ -819,9 +894,18 @@ fn multiply_adam_and_finite_check_match_cpu() {
             step,
             grad_scale: 0.5,
         };
-        gpu.adam(&mut p_d, &up(&gpu, &g), &mut m_d, &mut v_d, len, &adam)
+        gpu.adam(
+            &mut p_d,
+            &up(&gpu, &g),
+            &mut m_d,
+            &mut v_d,
+            len,
+            &adam,
+            None,
+        )
+        .unwrap();
+        cpu.adam(&mut p, &g, &mut m, &mut v, len, &adam, None)
             .unwrap();
-        cpu.adam(&mut p, &g, &mut m, &mut v, len, &adam).unwrap();
         let (pg, mg, vg) = (
             down(&gpu, &p_d, len),
             down(&gpu, &m_d, len),
@@ -849,9 +933,18 @@ fn multiply_adam_and_finite_check_match_cpu() {
         step: 4,
         grad_scale: 1.0,
     };
-    gpu.adam(&mut p_d, &up(&gpu, &zero), &mut m_d, &mut v_d, len, &adam)
+    gpu.adam(
+        &mut p_d,
+        &up(&gpu, &zero),
+        &mut m_d,
+        &mut v_d,
+        len,
+        &adam,
+        None,
+    )
+    .unwrap();
+    cpu.adam(&mut p, &zero, &mut m, &mut v, len, &adam, None)
         .unwrap();
-    cpu.adam(&mut p, &zero, &mut m, &mut v, len, &adam).unwrap();
     assert!(
         m.iter().all(|&x| x == 0.0),
         "the CPU kept a subnormal moment"
@@ -1019,6 +1112,7 @@ impl<B: Backend> Step<B> {
             &mut self.v,
             s.len,
             &adam,
+            None,
         )
         .unwrap();
     }

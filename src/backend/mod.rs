@@ -107,6 +107,31 @@ pub struct AdamStep {
     pub grad_scale: f32,
 }
 
+impl AdamStep {
+    /// `lr / (1 - beta1^t)`, the bias correction in float64 as PyTorch
+    /// computes it in Python; every backend uses this value.
+    pub fn step_size(&self) -> f32 {
+        let correction1 = 1.0 - f64::from(self.beta1).powf(self.step as f64);
+        (f64::from(self.lr) / correction1) as f32
+    }
+
+    /// `sqrt(1 - beta2^t)`, likewise.
+    pub fn correction2_sqrt(&self) -> f32 {
+        (1.0 - f64::from(self.beta2).powf(self.step as f64)).sqrt() as f32
+    }
+}
+
+/// LazyAdam's restriction: in the `[rows, width]` block at the start of the
+/// parameter buffer (the embedding table), only rows `r` with
+/// `marks[r] == stamp` (the rows the batch used) are updated; the moments
+/// of the others neither decay nor move their weights.
+pub struct LazyRows<'a, B: Backend + ?Sized> {
+    pub marks: &'a B::Ints,
+    pub stamp: i32,
+    pub rows: usize,
+    pub width: usize,
+}
+
 pub trait Backend {
     /// A float32 buffer on the device.
     type Floats;
@@ -264,6 +289,9 @@ pub trait Backend {
     /// `p -= (lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)`,
     /// except that a moment below the smallest normal float is stored as 0
     /// (unused embedding rows would otherwise decay into slow subnormals).
+    /// With `lazy`, the rows of its block that are not marked are left as
+    /// they are (LazyAdam).
+    #[allow(clippy::too_many_arguments)]
     fn adam(
         &mut self,
         params: &mut Self::Floats,
@@ -272,6 +300,17 @@ pub trait Backend {
         v: &mut Self::Floats,
         len: usize,
         step: &AdamStep,
+        lazy: Option<&LazyRows<'_, Self>>,
+    ) -> Result<()>;
+
+    /// `marks[tokens[i]] = stamp` for `i < count`: the embedding rows a
+    /// batch used, for [`LazyRows`]. Every token must index `marks`.
+    fn mark_rows(
+        &mut self,
+        tokens: &Self::Ints,
+        count: usize,
+        marks: &mut Self::Ints,
+        stamp: i32,
     ) -> Result<()>;
 
     /// Whether every one of the first `len` values is finite.

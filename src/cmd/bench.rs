@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::backend::cpu::CpuBackend;
 use crate::backend::Backend;
-use crate::cli::{BackendArg, BenchArgs, Lengths};
+use crate::cli::{BackendArg, BenchArgs, Lengths, OptimizerArg};
 use crate::data::dataset::Encoded;
 use crate::model::init::initial_params;
 use crate::model::network::{AdamConfig, HostBatch, Network, Sum};
@@ -60,7 +60,10 @@ fn bench_on<B: Backend>(backend: B, args: &BenchArgs) -> Result<()> {
     let mut net = Network::new(backend, shape.clone(), &params, args.batch, args.max_len)?;
     let batches = synthetic_batches(args, &mut rng);
     let weights = vec![1.0; args.classes.len()];
-    let adam = AdamConfig::default();
+    let adam = AdamConfig {
+        lazy_embedding: args.optimizer == OptimizerArg::LazyAdam,
+        ..AdamConfig::default()
+    };
 
     let forward = time(args, |i| {
         net.logits(&batches[i % BATCH_SETS])?;
@@ -132,7 +135,7 @@ fn bench_on<B: Backend>(backend: B, args: &BenchArgs) -> Result<()> {
     };
     if !args.json {
         crate::show!(
-            "{describe}: B {} L {} D {} F {} k {} H {} V {} classes {:?}, lengths {}",
+            "{describe}: B {} L {} D {} F {} k {} H {} V {} classes {:?}, lengths {}, {}",
             args.batch,
             args.max_len,
             args.embed_dim,
@@ -141,7 +144,8 @@ fn bench_on<B: Backend>(backend: B, args: &BenchArgs) -> Result<()> {
             args.hidden,
             args.vocab_size,
             args.classes,
-            format!("{:?}", args.lengths).to_lowercase()
+            format!("{:?}", args.lengths).to_lowercase(),
+            args.optimizer.name()
         );
     }
     let forward = summary("forward", &forward);
@@ -154,6 +158,7 @@ fn bench_on<B: Backend>(backend: B, args: &BenchArgs) -> Result<()> {
         "classes": args.classes,
         "lengths": format!("{:?}", args.lengths).to_lowercase(),
         "warmup": args.warmup, "steps": args.steps,
+        "optimizer": args.optimizer.name(),
         "threads": rayon::current_num_threads(),
         "cpu_path": crate::backend::cpu::simd_path(),
         "forward": forward,

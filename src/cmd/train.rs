@@ -11,7 +11,7 @@ use super::data::{prepare_training, Prepared};
 use crate::backend::cpu::CpuBackend;
 use crate::backend::Backend;
 use crate::checkpoint::{newest_valid, state_path, Checkpoint, CheckpointDir};
-use crate::cli::TrainArgs;
+use crate::cli::{OptimizerArg, TrainArgs};
 use crate::fsutil::{remove_stale_temporaries, same_file};
 use crate::model::file::MAX_SIZE;
 use crate::model::init::initial_params;
@@ -238,9 +238,13 @@ fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
         args.hidden
     ));
     say(format!(
-        "training: {}, batch {}, Adam lr {}, seed {}, dropout {}, weighting {}",
+        "training: {}, batch {}, {} lr {}, seed {}, dropout {}, weighting {}",
         super::count(args.epochs, "epoch"),
         args.batch_size,
+        match args.optimizer {
+            OptimizerArg::Adam => "Adam",
+            OptimizerArg::LazyAdam => "LazyAdam",
+        },
         args.lr,
         args.seed,
         args.dropout,
@@ -406,6 +410,7 @@ pub(crate) fn train_config(args: &TrainArgs, task_names: &[String]) -> Result<Tr
         batch_size: args.batch_size,
         adam: AdamConfig {
             lr: args.lr,
+            lazy_embedding: args.optimizer == OptimizerArg::LazyAdam,
             ..AdamConfig::default()
         },
         dropout: args.dropout,
@@ -526,6 +531,7 @@ fn training_options(args: &TrainArgs) -> Vec<(String, String)> {
         ("--epochs", args.epochs.to_string()),
         ("--batch-size", args.batch_size.to_string()),
         ("--lr", args.lr.to_string()),
+        ("--optimizer", args.optimizer.name().to_string()),
         ("--seed", args.seed.to_string()),
         ("--dropout", args.dropout.to_string()),
         ("--weighting", args.weighting.clone()),
@@ -553,7 +559,9 @@ fn check_resumable(
             .options
             .iter()
             .find(|(k, _)| k == flag)
-            .map(|(_, v)| v.as_str());
+            .map(|(_, v)| v.as_str())
+            // State files from before --optimizer existed were trained by Adam.
+            .or((flag == "--optimizer").then_some("adam"));
         if saved != Some(value.as_str()) {
             usage!(
                 "--resume: {flag} is {value:?} here but {:?} in the run being resumed ({shown})",

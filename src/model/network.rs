@@ -4,7 +4,7 @@
 use anyhow::{ensure, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{AdamStep, Backend, DeviceTexts, DropoutDraw, TokenBatch};
+use crate::backend::{AdamStep, Backend, DeviceTexts, DropoutDraw, LazyRows, TokenBatch};
 use crate::data::dataset::Encoded;
 use crate::model::Shape;
 
@@ -50,6 +50,10 @@ pub struct AdamConfig {
     pub beta1: f32,
     pub beta2: f32,
     pub eps: f32,
+    /// LazyAdam: an embedding row is updated only in the steps whose batch
+    /// uses it (TensorFlow's LazyAdam); every other parameter gets Adam.
+    /// Not PyTorch's Adam: rows a batch skips keep their momentum unspent.
+    pub lazy_embedding: bool,
 }
 
 impl Default for AdamConfig {
@@ -59,6 +63,7 @@ impl Default for AdamConfig {
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
+            lazy_embedding: false,
         }
     }
 }
@@ -211,6 +216,10 @@ pub struct Network<B: Backend> {
     pub loss_scale: f32,
     max_rows: usize,
     max_width: usize,
+    /// Per embedding row, the step that last used it (LazyAdam).
+    row_marks: B::Ints,
+    /// Tokens (`rows * width`) of the batch in the workspace.
+    batch_tokens: usize,
     ws: Workspace<B>,
     host_logits: Vec<f32>,
     /// Weight of each class of each task in the loss (`[sum C]`), on the host.
@@ -266,6 +275,8 @@ impl<B: Backend> Network<B> {
             params: device_params,
             step: 0,
             loss_scale: 1.0,
+            row_marks: backend.ints(shape.dims.vocab)?,
+            batch_tokens: 0,
             max_rows,
             max_width,
             host_logits: vec![0.0; max_rows * shape.sum_classes()],
@@ -537,6 +548,7 @@ impl<B: Backend> Network<B> {
     ) -> Result<StepLosses> {
         let tasks = self.shape.tasks();
         let len = rows * self.shape.dims.filters;
+        self.batch_tokens = rows * width;
         self.encode_and_heads(rows, width, dropout)?;
         let scales: Vec<f32> = counts
             .iter()
@@ -641,14 +653,30 @@ impl<B: Backend> Network<B> {
             step: self.step,
             grad_scale: 1.0 / self.loss_scale,
         };
-        self.backend.adam(
-            &mut self.params,
-            &self.grads,
-            &mut self.m,
-            &mut self.v,
-            self.shape.len,
-            &step,
-        )
+        if !adam.lazy_embedding {
+            let (p, g, m, v) = (&mut self.params, &self.grads, &mut self.m, &mut self.v);
+            return self.backend.adam(p, g, m, v, self.shape.len, &step, None);
+        }
+
+        // Rows are marked with the step number, so marks never need
+        // clearing (they repeat only after 2^31 - 1 steps).
+        ensure!(
+            self.shape.embedding.offset == 0,
+            "the embedding must come first"
+        );
+        let stamp = ((self.step - 1) % (i32::MAX as u64 - 1)) as i32 + 1;
+        let tokens = &self.ws.tokens;
+        self.backend
+            .mark_rows(tokens, self.batch_tokens, &mut self.row_marks, stamp)?;
+        let lazy = LazyRows {
+            marks: &self.row_marks,
+            stamp,
+            rows: self.shape.dims.vocab,
+            width: self.shape.dims.embed,
+        };
+        let (p, g, m, v) = (&mut self.params, &self.grads, &mut self.m, &mut self.v);
+        self.backend
+            .adam(p, g, m, v, self.shape.len, &step, Some(&lazy))
     }
 
     /// Whether every gradient is finite.

@@ -29,6 +29,21 @@ struct AdamConstants {
     eps: f32,
 }
 
+impl AdamConstants {
+    fn new(step: &AdamStep) -> AdamConstants {
+        AdamConstants {
+            beta1: step.beta1,
+            beta2: step.beta2,
+            one_minus_beta1: 1.0 - step.beta1,
+            one_minus_beta2: 1.0 - step.beta2,
+            grad_scale: step.grad_scale,
+            step_size: step.step_size(),
+            correction2_sqrt: step.correction2_sqrt(),
+            eps: step.eps,
+        }
+    }
+}
+
 /// One Adam step over `params`, `grads`, `m` and `v` (equal lengths), in
 /// PyTorch's formulation (see [`crate::backend::Backend::adam`]).
 pub fn adam(
@@ -39,26 +54,51 @@ pub fn adam(
     v: &mut [f32],
     step: &AdamStep,
 ) {
-    // Bias corrections in float64, as PyTorch computes them in Python.
-    let t = step.step as f64;
-    let correction1 = 1.0 - f64::from(step.beta1).powf(t);
-    let correction2 = 1.0 - f64::from(step.beta2).powf(t);
-    let constants = AdamConstants {
-        beta1: step.beta1,
-        beta2: step.beta2,
-        one_minus_beta1: 1.0 - step.beta1,
-        one_minus_beta2: 1.0 - step.beta2,
-        grad_scale: step.grad_scale,
-        step_size: (f64::from(step.lr) / correction1) as f32,
-        correction2_sqrt: correction2.sqrt() as f32,
-        eps: step.eps,
-    };
+    let constants = AdamConstants::new(step);
     params
         .par_chunks_mut(CHUNK)
         .zip(grads.par_chunks(CHUNK))
         .zip(m.par_chunks_mut(CHUNK))
         .zip(v.par_chunks_mut(CHUNK))
         .for_each(|(((p, g), m), v)| adam_chunk(path, p, g, m, v, &constants));
+}
+
+/// [`adam`] over the rows `r` of `[rows, width]` buffers with
+/// `marks[r] == stamp` only (LazyAdam); the other rows are not touched, so
+/// the cost follows the rows a batch used, not the vocabulary.
+#[allow(clippy::too_many_arguments)]
+pub fn adam_marked_rows(
+    path: SimdPath,
+    params: &mut [f32],
+    grads: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    width: usize,
+    marks: &[i32],
+    stamp: i32,
+    step: &AdamStep,
+) {
+    let constants = AdamConstants::new(step);
+    let rows_per_task = (CHUNK / width.max(1)).max(1);
+    let floats_per_task = rows_per_task * width;
+    params
+        .par_chunks_mut(floats_per_task)
+        .zip(grads.par_chunks(floats_per_task))
+        .zip(m.par_chunks_mut(floats_per_task))
+        .zip(v.par_chunks_mut(floats_per_task))
+        .zip(marks.par_chunks(rows_per_task))
+        .for_each(|((((p, g), m), v), marks)| {
+            let rows = p
+                .chunks_mut(width)
+                .zip(g.chunks(width))
+                .zip(m.chunks_mut(width))
+                .zip(v.chunks_mut(width));
+            for ((((p, g), m), v), &mark) in rows.zip(marks) {
+                if mark == stamp {
+                    adam_chunk(path, p, g, m, v, &constants);
+                }
+            }
+        });
 }
 
 /// `x`, or 0 when it is below the smallest normal float.

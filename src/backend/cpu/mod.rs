@@ -31,10 +31,10 @@ mod loss;
 pub mod simd;
 mod stream;
 
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Result};
 use rayon::prelude::*;
 
-use super::{AdamStep, Backend, DeviceTexts, DropoutDraw, TokenBatch};
+use super::{AdamStep, Backend, DeviceTexts, DropoutDraw, LazyRows, TokenBatch};
 use crate::model::Shape;
 
 pub use simd::{simd_path, SimdPath};
@@ -537,20 +537,57 @@ impl Backend for CpuBackend {
         v: &mut Vec<f32>,
         len: usize,
         step: &AdamStep,
+        lazy: Option<&LazyRows<'_, Self>>,
     ) -> Result<()> {
         ensure!(step.step >= 1, "Adam steps count from 1, got {}", step.step);
         check_len("params", params, len)?;
         check_len("grads", grads, len)?;
         check_len("m", m, len)?;
         check_len("v", v, len)?;
-        adam::adam(
-            self.path,
-            &mut params[..len],
-            &grads[..len],
-            &mut m[..len],
-            &mut v[..len],
-            step,
+        let Some(lazy) = lazy else {
+            let (p, g, m, v) = (
+                &mut params[..len],
+                &grads[..len],
+                &mut m[..len],
+                &mut v[..len],
+            );
+            adam::adam(self.path, p, g, m, v, step);
+            return Ok(());
+        };
+
+        let block = lazy.rows * lazy.width;
+        ensure!(block <= len, "the lazy block is longer than the buffer");
+        check_len("marks", lazy.marks, lazy.rows)?;
+        let (p_rows, p_rest) = params[..len].split_at_mut(block);
+        let (g_rows, g_rest) = grads[..len].split_at(block);
+        let (m_rows, m_rest) = m[..len].split_at_mut(block);
+        let (v_rows, v_rest) = v[..len].split_at_mut(block);
+        let marks = &lazy.marks[..lazy.rows];
+        adam::adam_marked_rows(
+            self.path, p_rows, g_rows, m_rows, v_rows, lazy.width, marks, lazy.stamp, step,
         );
+        adam::adam(self.path, p_rest, g_rest, m_rest, v_rest, step);
+        Ok(())
+    }
+
+    fn mark_rows(
+        &mut self,
+        tokens: &Vec<i32>,
+        count: usize,
+        marks: &mut Vec<i32>,
+        stamp: i32,
+    ) -> Result<()> {
+        check_len("tokens", tokens, count)?;
+        for &token in &tokens[..count] {
+            let row = usize::try_from(token).ok().filter(|&r| r < marks.len());
+            let Some(row) = row else {
+                bail!(
+                    "token id {token} outside the {} embedding rows",
+                    marks.len()
+                );
+            };
+            marks[row] = stamp;
+        }
         Ok(())
     }
 

@@ -151,6 +151,11 @@ pub struct AdamScalars {
     pub eps: f32,
     pub correction2_sqrt: f32,
     pub grad_scale: f32,
+    /// LazyAdam's block (elements, and elements per row), and the mark of
+    /// the rows a batch used; ignored unless the launch passes marks.
+    pub lazy_len: i64,
+    pub lazy_width: i32,
+    pub stamp: i32,
 }
 
 // SAFETY: plain-old-data, laid out as the C struct of the same name.
@@ -626,7 +631,7 @@ mod tests {
         assert_eq!(std::mem::size_of::<GemmDesc>(), 128);
         assert_eq!(std::mem::size_of::<GemmBatch>(), 8 * 128 + 8);
         assert_eq!(std::mem::size_of::<WorkingLayout>(), 32);
-        assert_eq!(std::mem::size_of::<AdamScalars>(), 24);
+        assert_eq!(std::mem::size_of::<AdamScalars>(), 40);
         assert_eq!(std::mem::size_of::<TaskTable>(), 3 * 32 * 4 + 4);
         assert_eq!(std::mem::size_of::<TaskCoeffs>(), 32 * 4 + 4);
     }

@@ -28,7 +28,7 @@ use cudarc::driver::{
     PushKernelArg, ValidAsZeroBits,
 };
 
-use super::{AdamStep, Backend, DeviceTexts, DropoutDraw, TokenBatch};
+use super::{AdamStep, Backend, DeviceTexts, DropoutDraw, LazyRows, TokenBatch};
 use crate::model::Shape;
 use layout::{AdamScalars, TaskCoeffs, TaskTable, WorkingLayout, MAX_TASKS_PER_LAUNCH};
 
@@ -835,6 +835,7 @@ impl Backend for CudaBackend {
         v: &mut CudaSlice<f32>,
         len: usize,
         step: &AdamStep,
+        lazy: Option<&LazyRows<'_, Self>>,
     ) -> Result<()> {
         for (what, have) in [
             ("parameters", params.len()),
@@ -852,16 +853,27 @@ impl Backend for CudaBackend {
         }
 
         // The bias corrections exactly as the CPU backend computes them.
-        let t = step.step.min(i32::MAX as u64) as i32;
-        let correction1 = 1.0 - step.beta1.powi(t);
-        let scalars = AdamScalars {
-            step_size: step.lr / correction1,
+        let mut scalars = AdamScalars {
+            step_size: step.step_size(),
             beta1: step.beta1,
             beta2: step.beta2,
             eps: step.eps,
-            correction2_sqrt: (1.0 - step.beta2.powi(t)).sqrt(),
+            correction2_sqrt: step.correction2_sqrt(),
             grad_scale: step.grad_scale,
+            lazy_len: 0,
+            lazy_width: 1,
+            stamp: 0,
         };
+        let mut marks: u64 = 0;
+        if let Some(lazy) = lazy {
+            let block = lazy.rows * lazy.width;
+            ensure!(block <= len, "the lazy block is longer than the buffer");
+            check_len("marks", lazy.marks.len(), lazy.rows)?;
+            scalars.lazy_len = block as i64;
+            scalars.lazy_width = as_i32("embedding width", lazy.width.max(1))?;
+            scalars.stamp = lazy.stamp;
+            marks = self.address(lazy.marks);
+        }
 
         // Write the working copy as we go when its layout is known and this
         // call covers every parameter it mirrors.
@@ -900,6 +912,7 @@ impl Backend for CudaBackend {
                         .arg(&mut *v)
                         .arg(&len_i)
                         .arg(&scalars)
+                        .arg(&marks)
                         .arg(&layout)
                         .arg(&mut working.emb)
                         .arg(&mut working.conv)
@@ -930,6 +943,7 @@ impl Backend for CudaBackend {
                         .arg(&mut *v)
                         .arg(&len_i)
                         .arg(&scalars)
+                        .arg(&marks)
                         .arg(&unused)
                         .arg(&null)
                         .arg(&null)
@@ -941,6 +955,42 @@ impl Backend for CudaBackend {
                 }
             }
         }
+        Ok(())
+    }
+
+    fn mark_rows(
+        &mut self,
+        tokens: &CudaSlice<i32>,
+        count: usize,
+        marks: &mut CudaSlice<i32>,
+        stamp: i32,
+    ) -> Result<()> {
+        check_len("tokens", tokens.len(), count)?;
+        if count == 0 {
+            return Ok(());
+        }
+        let function = self.function("elementwise", "mark_rows_i32")?;
+        let blocks = layout::grid_stride_blocks(count, 256, self.info.multiprocessors);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let count_i = count as i64;
+        let rows = as_i32("embedding rows", marks.len())?;
+        // SAFETY: tokens holds count ints (checked); the kernel writes only
+        // marks[0..rows]; argument order matches mark_rows_i32.
+        unsafe {
+            self.stream
+                .launch_builder(&function)
+                .arg(tokens)
+                .arg(&count_i)
+                .arg(&mut *marks)
+                .arg(&rows)
+                .arg(&stamp)
+                .launch(cfg)
+        }
+        .context("mark_rows_i32")?;
         Ok(())
     }
 
