@@ -1153,8 +1153,8 @@ fn lazy_adam_updates_only_the_marked_rows() {
         let mut cpu = CpuBackend::with_path(path);
         cpu.mark_rows(&tokens, tokens.len(), &mut marks, stamp)
             .unwrap();
-        for r in 0..rows {
-            assert_eq!(marks[r] == stamp, tokens.contains(&(r as i32)), "row {r}");
+        for (r, &mark) in marks.iter().enumerate() {
+            assert_eq!(mark == stamp, tokens.contains(&(r as i32)), "row {r}");
         }
 
         let (mut dense_p, mut dense_m, mut dense_v) = (params.clone(), m.clone(), v.clone());
