@@ -26,6 +26,10 @@ fn main() -> ExitCode {
         Command::Report(args) => cmd::report::run(&args),
         Command::Info => cmd::info::run(),
     };
+    let result = result.and_then(|()| match cmd::stdout_error() {
+        Some(error) => Err(anyhow::anyhow!(error)),
+        None => Ok(()),
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,

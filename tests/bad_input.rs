@@ -658,3 +658,52 @@ fn validation_file_that_is_a_training_file_is_warned_about() {
         run.stderr
     );
 }
+
+/// A full disk under standard output is a failure naming it, never a
+/// silent success with the output lost (a closed pipe stays no error).
+#[test]
+fn full_standard_output_is_an_error() {
+    let dir = scratch("dev-full");
+    std::fs::write(dir.join("t.tsv"), GOOD).unwrap();
+    let args = [
+        "train",
+        "--data",
+        "t.tsv",
+        "--epochs",
+        "1",
+        "--out",
+        "m.safetensors",
+    ];
+    polyhead(&dir, &args).ok();
+    std::fs::write(dir.join("texts.txt"), "a b c\n").unwrap();
+
+    let commands: [&[&str]; 4] = [
+        &["info"],
+        &["eval", "--model", "m.safetensors", "--data", "t.tsv"],
+        &[
+            "eval",
+            "--model",
+            "m.safetensors",
+            "--data",
+            "t.tsv",
+            "--json",
+        ],
+        &["predict", "--model", "m.safetensors", "texts.txt"],
+    ];
+    for args in commands {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_polyhead"))
+            .env("POLYHEAD_CACHE_DIR", common::token_cache())
+            .args(args)
+            .current_dir(&dir)
+            .stdout(std::fs::File::create("/dev/full").unwrap())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("polyhead: cannot write to standard output: No space left"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

@@ -42,7 +42,7 @@ pub fn run(args: &CompareArgs) -> Result<()> {
         }
         None => compare_on(|| Ok(CpuBackend::new()), args)?,
     };
-    print!("{}", table(&comparison));
+    super::show_text(&table(&comparison));
     if let Some(path) = &args.json {
         write_json(path, &comparison)?;
     }

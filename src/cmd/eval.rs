@@ -53,7 +53,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         if args.json {
             report.insert(names[i].clone(), serde_json::to_value(&scores)?);
         } else {
-            print!("{}", task_table(&names[i], &scores));
+            super::show_text(&task_table(&names[i], &scores));
         }
     }
     if args.json {

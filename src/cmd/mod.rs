@@ -44,14 +44,51 @@ macro_rules! say {
     }};
 }
 
-/// `println!` that cannot fail, for short reports: a reader that closed
-/// the pipe has seen all it wanted.
+/// `println!` for reports: a reader that closed the pipe has seen all it
+/// wanted, so that is no error; any other failure (a full disk) is kept
+/// for [`stdout_error`], which turns a run that lost its output into a
+/// failure instead of a silent success.
 #[macro_export]
 macro_rules! show {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($arg)*);
+        if let Err(error) = writeln!(std::io::stdout(), $($arg)*) {
+            $crate::cmd::stdout_failed(error);
+        }
     }};
+}
+
+static STDOUT_ERROR: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Writes `text` to standard output as [`show!`] does, without a newline.
+pub fn show_text(text: &str) {
+    use std::io::Write as _;
+    if let Err(error) = std::io::stdout().write_all(text.as_bytes()) {
+        stdout_failed(error);
+    }
+}
+
+/// Records the first failure to write standard output, unless it is a
+/// closed pipe.
+pub fn stdout_failed(error: std::io::Error) {
+    if error.kind() == std::io::ErrorKind::BrokenPipe {
+        return;
+    }
+    let mut first = STDOUT_ERROR.lock().unwrap_or_else(|e| e.into_inner());
+    first.get_or_insert_with(|| error.to_string());
+}
+
+/// Flushes standard output and returns the first failure to write it, as
+/// one line, if there was one that matters.
+pub fn stdout_error() -> Option<String> {
+    use std::io::Write as _;
+    if let Err(error) = std::io::stdout().flush() {
+        stdout_failed(error);
+    }
+    let first = STDOUT_ERROR.lock().unwrap_or_else(|e| e.into_inner());
+    first
+        .as_ref()
+        .map(|e| format!("cannot write to standard output: {e}"))
 }
 
 /// `1 epoch`, `2 epochs`.

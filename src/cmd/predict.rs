@@ -9,7 +9,7 @@
 
 use std::io::{BufRead, BufWriter, Write};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde_json::{json, Map, Value};
 
 use super::data::{read_records, InputRecord};
@@ -49,10 +49,10 @@ pub fn run(args: &PredictArgs) -> Result<()> {
                 all_oov += 1;
             }
             let line = record_json(&model, args, record, tokens, ids, probs, &flags);
-            writeln!(out, "{line}")?;
+            writeln!(out, "{line}").context("cannot write to standard output")?;
         }
     }
-    out.flush()?;
+    out.flush().context("cannot write to standard output")?;
 
     let oov_rate = if tokens_total == 0 {
         0.0
