@@ -707,3 +707,29 @@ fn full_standard_output_is_an_error() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+/// Sizes that would ask for more memory than any machine has are refused
+/// or fitted to the data, never an abort.
+#[test]
+fn huge_sizes_are_refused_or_fitted_to_the_data() {
+    let run = run_with(
+        "huge-batch",
+        &[("t.tsv", GOOD.as_bytes())],
+        &[
+            "train",
+            "--data",
+            "t.tsv",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "100000000",
+        ],
+    );
+    run.ok();
+
+    let dir = scratch("huge-bench");
+    let run = polyhead(&dir, &["bench", "--max-len", "100000000", "--batch", "1"]);
+    expect_error(run, 2, &["--max-len must be at most 65536"]);
+    let run = polyhead(&dir, &["bench", "--threads", "5000"]);
+    expect_error(run, 2, &["--threads must be at most 1024, got 5000"]);
+}

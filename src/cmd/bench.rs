@@ -11,6 +11,7 @@ use crate::backend::cpu::CpuBackend;
 use crate::backend::Backend;
 use crate::cli::{BackendArg, BenchArgs, Lengths, OptimizerArg};
 use crate::data::dataset::Encoded;
+use crate::model::file::MAX_SIZE;
 use crate::model::init::initial_params;
 use crate::model::network::{AdamConfig, HostBatch, Network, Sum};
 use crate::model::{Dims, HeadDims, Shape};
@@ -22,11 +23,34 @@ const BATCH_SETS: usize = 4;
 
 pub fn run(args: &BenchArgs) -> Result<()> {
     super::set_threads(args.threads)?;
-    if args.batch == 0 || args.steps == 0 || args.classes.is_empty() {
-        usage!("--batch, --steps and --classes must be positive");
+    let sizes = [
+        ("--batch", args.batch),
+        ("--steps", args.steps),
+        ("--max-len", args.max_len),
+        ("--embed-dim", args.embed_dim),
+        ("--filters", args.filters),
+        ("--kernel-size", args.kernel_size),
+        ("--hidden", args.hidden),
+    ];
+    for (flag, value) in sizes {
+        if value == 0 {
+            usage!("{flag} must be at least 1");
+        }
+        if value > MAX_SIZE {
+            usage!("{flag} must be at most {MAX_SIZE}, got {value}");
+        }
     }
-    if args.max_len < args.kernel_size || args.vocab_size < 3 {
-        usage!("--max-len must be at least --kernel-size, and --vocab-size at least 3");
+    if args.classes.is_empty() || args.classes.contains(&0) {
+        usage!("--classes must list at least one task, each with at least 1 class");
+    }
+    if args.max_len < args.kernel_size {
+        usage!(
+            "--max-len must be at least --kernel-size ({})",
+            args.kernel_size
+        );
+    }
+    if args.vocab_size < 3 {
+        usage!("--vocab-size must be at least 3 (padding, unknown and one word)");
     }
     match args.backend {
         BackendArg::Cpu => bench_on(CpuBackend::new(), args),

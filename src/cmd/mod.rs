@@ -114,8 +114,13 @@ pub fn one_line(err: &anyhow::Error) -> String {
 
 /// Sets the number of CPU threads for the whole process (default: all cores).
 pub fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
-    if threads == Some(0) {
-        usage!("--threads must be at least 1");
+    // Far past any machine's cores, a pool only costs: thousands of threads
+    // take seconds to start before any work.
+    const MAX_THREADS: usize = 1024;
+    match threads {
+        Some(0) => usage!("--threads must be at least 1"),
+        Some(n) if n > MAX_THREADS => usage!("--threads must be at most {MAX_THREADS}, got {n}"),
+        _ => {}
     }
     let n = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     // A second call (tests running commands in one process) keeps the first pool.

@@ -196,7 +196,9 @@ fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
     let fingerprint = data.fingerprint();
     let shape = crate::model::Shape::new(config.dims(data.vocab.len()));
     let max_width = data.max_width(args.kernel_size);
-    let rows = args.batch_size.max(256);
+    // Buffers for a training batch (never more rows than the data has) or
+    // an evaluation batch of 256.
+    let rows = args.batch_size.min(data.train.rows()).max(256);
     let describe = backend.describe();
 
     let (mut net, mut state) = match resumed {

@@ -192,6 +192,21 @@ impl<'a> Texts<'a> {
     }
 }
 
+/// A zeroed buffer, or an error saying how much memory was asked for
+/// (rather than the abort of a failed allocation).
+fn zeroed<T: Clone + Default>(len: usize) -> Result<Vec<T>> {
+    let mut buffer = Vec::new();
+    if buffer.try_reserve_exact(len).is_err() {
+        let mib = len as f64 * std::mem::size_of::<T>() as f64 / (1 << 20) as f64;
+        bail!(
+            "cannot allocate {mib:.0} MiB for a buffer of {len} values; lower --batch-size, \
+             --max-len or --vocab-size"
+        );
+    }
+    buffer.resize(len, T::default());
+    Ok(buffer)
+}
+
 fn check_len<T>(name: &str, buffer: &[T], needed: usize) -> Result<()> {
     ensure!(
         buffer.len() >= needed,
@@ -260,11 +275,11 @@ impl Backend for CpuBackend {
     }
 
     fn floats(&self, len: usize) -> Result<Vec<f32>> {
-        Ok(vec![0.0; len])
+        zeroed(len)
     }
 
     fn ints(&self, len: usize) -> Result<Vec<i32>> {
-        Ok(vec![0; len])
+        zeroed(len)
     }
 
     fn upload_floats(&self, dst: &mut Vec<f32>, src: &[f32]) -> Result<()> {
