@@ -161,4 +161,12 @@ fn unusable_cache_folder_does_not_stop_training() {
         run.stderr
     );
     assert!(dir.join("m.safetensors").exists());
+    assert!(
+        run.stderr.contains(&format!(
+            "warning: the token cache is not usable, so tokens are not kept: {}: not a folder",
+            blocked.display()
+        )),
+        "{}",
+        run.stderr
+    );
 }

@@ -359,6 +359,11 @@ pub fn prepare_training(args: &TrainArgs) -> Result<Prepared> {
             None => tokenize_column(&source.table, column, &tokenizer),
         };
     }
+    if let Some(error) = cache.as_ref().and_then(TokenCache::write_error) {
+        warnings.push(format!(
+            "the token cache is not usable, so tokens are not kept: {error}"
+        ));
+    }
     let mut task_names: Vec<String> = Vec::new();
     for (task, _) in train.iter().flat_map(|s| &s.tasks) {
         if !task_names.contains(task) {

@@ -111,9 +111,11 @@ fn merge(pieces: Vec<TokenizedColumn>) -> TokenizedColumn {
 }
 
 /// Where tokenised columns are kept between runs.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct TokenCache {
     dir: PathBuf,
+    /// The first failure to store an entry, for one warning.
+    write_error: std::sync::Mutex<Option<String>>,
 }
 
 /// Cache files kept; the oldest beyond this are removed after a write.
@@ -123,7 +125,15 @@ const MAGIC: &[u8; 8] = b"PHTOKv1\n";
 
 impl TokenCache {
     pub fn new(dir: PathBuf) -> TokenCache {
-        TokenCache { dir }
+        TokenCache {
+            dir,
+            write_error: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Why an entry could not be stored, if one could not.
+    pub fn write_error(&self) -> Option<String> {
+        self.write_error.lock().ok()?.clone()
     }
 
     /// `POLYHEAD_CACHE_DIR`, else `$XDG_CACHE_HOME/polyhead`, else
@@ -156,20 +166,29 @@ impl TokenCache {
         column: usize,
         tokenizer: &Tokenizer,
     ) -> (TokenizedColumn, bool) {
-        let key = cache_key(table, column, tokenizer);
+        let (key, text_bytes) = cache_key(table, column, tokenizer);
         let path = self.dir.join(format!("tokens-{key:016x}.bin"));
-        if let Some(tokens) = std::fs::read(&path)
-            .ok()
+        if let Some(tokens) = read_entry(&path, entry_size_limit(table.rows.len(), text_bytes))
             .and_then(|bytes| decode(&bytes, key, table.rows.len()))
         {
             return (tokens, true);
         }
 
         let tokens = tokenize_column(table, column, tokenizer);
-        if std::fs::create_dir_all(&self.dir).is_ok()
-            && write_atomic(&path, &encode(&tokens, key)).is_ok()
-        {
-            self.prune();
+        let stored = if self.dir.exists() && !self.dir.is_dir() {
+            Err(anyhow::anyhow!("not a folder"))
+        } else {
+            std::fs::create_dir_all(&self.dir)
+                .map_err(anyhow::Error::from)
+                .and_then(|()| write_atomic(&path, &encode(&tokens, key)))
+        };
+        match stored {
+            Ok(()) => self.prune(),
+            Err(error) => {
+                if let Ok(mut first) = self.write_error.lock() {
+                    first.get_or_insert_with(|| format!("{}: {error:#}", self.dir.display()));
+                }
+            }
         }
         (tokens, false)
     }
@@ -201,23 +220,48 @@ impl TokenCache {
     }
 }
 
+/// The most bytes an entry for these texts can take: a token has at least
+/// one byte of text (lower-casing at most triples a byte), and costs four
+/// bytes of ids plus at most its length-prefixed text in the lexicon.
+fn entry_size_limit(rows: usize, text_bytes: usize) -> u64 {
+    let tokens = 3 * text_bytes as u64;
+    4096 + 4 * rows as u64 + tokens * (4 + 4 + 4)
+}
+
+/// An entry's bytes, if it is a regular file no larger than `limit` (a
+/// link to a device or a huge file in the cache is no entry).
+fn read_entry(path: &Path, limit: u64) -> Option<Vec<u8>> {
+    use std::io::Read as _;
+
+    let file = std::fs::File::open(path).ok()?;
+    let metadata = file.metadata().ok()?;
+    if !metadata.is_file() || metadata.len() > limit {
+        return None;
+    }
+    let mut bytes = Vec::with_capacity(metadata.len() as usize);
+    file.take(limit + 1).read_to_end(&mut bytes).ok()?;
+    (bytes.len() as u64 <= limit).then_some(bytes)
+}
+
 /// A hash of the column's texts (a missing cell differs from an empty one)
-/// and of everything that changes how they tokenise.
-fn cache_key(table: &Table, column: usize, tokenizer: &Tokenizer) -> u64 {
+/// and of everything that changes how they tokenise, and the texts' bytes.
+fn cache_key(table: &Table, column: usize, tokenizer: &Tokenizer) -> (u64, usize) {
     let mut hash = Fingerprint::default();
     hash.bytes(&TOKENIZER_VERSION.to_le_bytes());
     hash.bytes(&[u8::from(tokenizer.lowercase)]);
     hash.bytes(&(table.rows.len() as u64).to_le_bytes());
+    let mut text_bytes = 0;
     for row in &table.rows {
         match row.cell(column) {
             Some(text) => {
                 hash.bytes(&(text.len() as u64).to_le_bytes());
                 hash.words(text.as_bytes());
+                text_bytes += text.len();
             }
             None => hash.bytes(&u64::MAX.to_le_bytes()),
         }
     }
-    hash.value()
+    (hash.value(), text_bytes)
 }
 
 /// The cache file: magic, key, counts, lexicon (length-prefixed UTF-8),
@@ -426,12 +470,45 @@ mod tests {
     }
 
     #[test]
+    fn entry_that_is_a_device_or_too_large_is_not_read() {
+        let dir = scratch("oversized");
+        let cache = TokenCache::new(dir.clone());
+        let table = big_table();
+        let tokenizer = Tokenizer::default();
+        let (expected, _) = cache.tokens(&table, 0, &tokenizer);
+        let entry = std::fs::read_dir(&dir)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+
+        // A link to an endless device: reading it whole would never end.
+        std::fs::remove_file(&entry).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &entry).unwrap();
+        let (tokens, hit) = cache.tokens(&table, 0, &tokenizer);
+        assert!(!hit);
+        assert_eq!(tokens, expected);
+
+        // A sparse file far larger than any entry for these texts.
+        std::fs::remove_file(&entry).unwrap();
+        let file = std::fs::File::create(&entry).unwrap();
+        file.set_len(1 << 32).unwrap();
+        let (tokens, hit) = cache.tokens(&table, 0, &tokenizer);
+        assert!(!hit);
+        assert_eq!(tokens, expected);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn unwritable_cache_still_tokenises() {
         let dir = scratch("unwritable");
         std::fs::write(&dir, b"a file where the folder should be").unwrap();
         let table = big_table();
-        let (tokens, hit) = TokenCache::new(dir.clone()).tokens(&table, 0, &Tokenizer::default());
+        let cache = TokenCache::new(dir.clone());
+        let (tokens, hit) = cache.tokens(&table, 0, &Tokenizer::default());
         assert!(!hit);
+        assert!(cache.write_error().is_some());
         assert_eq!(tokens.rows(), table.rows.len());
         std::fs::remove_file(&dir).unwrap();
     }
