@@ -170,7 +170,8 @@ pub struct TrainArgs {
     /// or valid_loss (the last epoch's state is still saved for resuming)
     #[arg(long, value_name = "TASK:METRIC")]
     pub monitor: Option<String>,
-    /// Stop after N epochs without improvement of --monitor (default valid_loss)
+    /// Stop after N epochs without improvement of the --monitor metric
+    /// (valid_loss when --monitor is not given)
     #[arg(long, value_name = "N")]
     pub early_stop_patience: Option<usize>,
     /// Loss weighting across tasks: equal, uncertainty, dwa, gradnorm, pcgrad, mgda-ub

@@ -733,3 +733,18 @@ fn huge_sizes_are_refused_or_fitted_to_the_data() {
     let run = polyhead(&dir, &["bench", "--threads", "5000"]);
     expect_error(run, 2, &["--threads must be at most 1024, got 5000"]);
 }
+
+#[test]
+fn monitoring_without_a_validation_file_is_refused() {
+    for (flag, value) in [
+        ("--monitor", "topic:accuracy"),
+        ("--early-stop-patience", "1"),
+    ] {
+        let run = run_with(
+            "monitor-no-valid",
+            &[("t.tsv", GOOD.as_bytes())],
+            &["train", "--train", "t.tsv", "--epochs", "1", flag, value],
+        );
+        expect_error(run, 2, &[flag, "needs a validation file"]);
+    }
+}

@@ -451,6 +451,14 @@ pub fn prepare_training(args: &TrainArgs) -> Result<Prepared> {
         }
     }
     if valid_encoded.is_none() {
+        let flag = match (&args.monitor, args.early_stop_patience) {
+            (Some(_), _) => Some("--monitor"),
+            (None, Some(_)) => Some("--early-stop-patience"),
+            (None, None) => None,
+        };
+        if let Some(flag) = flag {
+            usage!("{flag} needs a validation file (--valid, or valid.tsv in --data)");
+        }
         warnings.push("no validation file: training without per-epoch scores".to_string());
     }
 
