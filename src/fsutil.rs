@@ -15,11 +15,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = temporary_name(path);
     let result = (|| -> Result<()> {
         let mut file =
-            File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+            File::create(&tmp).with_context(|| format!("cannot write {}", path.display()))?;
         file.write_all(bytes)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
+            .with_context(|| format!("cannot write {}", path.display()))?;
         file.sync_all()
-            .with_context(|| format!("cannot sync {}", tmp.display()))?;
+            .with_context(|| format!("cannot write {}", path.display()))?;
         fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
         Ok(())
     })();

@@ -748,3 +748,57 @@ fn monitoring_without_a_validation_file_is_refused() {
         expect_error(run, 2, &[flag, "needs a validation file"]);
     }
 }
+
+#[test]
+fn misdirected_paths_get_a_message_that_says_what_to_pass() {
+    let dir = scratch("misdirected");
+    std::fs::write(dir.join("t.tsv"), GOOD).unwrap();
+    std::fs::write(dir.join("v.tsv"), "text\ttopic\na b\tx\n").unwrap();
+    std::fs::create_dir(dir.join("folder")).unwrap();
+
+    let run = polyhead(&dir, &["train", "--train", "folder", "--epochs", "1"]);
+    expect_error(
+        run,
+        1,
+        &["folder: a folder, not a table: pass it with --data"],
+    );
+
+    let args = [
+        "train",
+        "--train",
+        "t.tsv",
+        "--valid",
+        "other=v.tsv",
+        "--epochs",
+        "1",
+    ];
+    let run = polyhead(&dir, &args);
+    expect_error(
+        run,
+        2,
+        &["--valid other=v.tsv: no task \"other\" in the training data"],
+    );
+
+    let run = polyhead(&dir, &["train", "--resume", "m.state.safetensors"]);
+    expect_error(
+        run,
+        2,
+        &["that is a state file; pass the model file (m.safetensors) or a checkpoint folder"],
+    );
+
+    let args = [
+        "train",
+        "--train",
+        "t.tsv",
+        "--valid",
+        "v.tsv",
+        "--metrics-out",
+        "m.jsonl",
+    ];
+    polyhead(&dir, &args).ok();
+    let run = polyhead(
+        &dir,
+        &["report", "--metrics", "m.jsonl", "--out", "absent/r.html"],
+    );
+    expect_error(run, 1, &["cannot write absent/r.html"]);
+}

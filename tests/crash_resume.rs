@@ -209,9 +209,9 @@ fn resuming_with_other_options_or_data_is_refused() {
             "m.safetensors",
         ],
     )
-    .fails(1);
+    .fails(2);
     assert!(
-        run.stderr.contains("training data differs"),
+        run.stderr.contains("training data (--train/--data"),
         "{}",
         run.stderr
     );

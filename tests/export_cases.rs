@@ -260,9 +260,26 @@ fn export_refuses_bad_requests_in_one_line() {
     );
     let err = run_export(&model_path, "onnx", &model_path).unwrap_err();
     assert!(
-        err.to_string().contains("overwrite the model file"),
+        err.to_string().contains("the model file (--model)"),
         "{err}"
     );
+    // A model named like a vocabulary file: its export's sidecar is the model.
+    let vocab_named = dir.join("v.vocab.json");
+    std::fs::copy(&model_path, &vocab_named).unwrap();
+    let err = run_export(&vocab_named, "onnx", &dir.join("v.onnx")).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "--out {}: the export would write {}, the model file (--model); choose another --out",
+            dir.join("v.onnx").display(),
+            vocab_named.display()
+        )
+    );
+    assert!(
+        err.is::<polyhead::cmd::UsageError>(),
+        "not a usage error: {err}"
+    );
+    std::fs::remove_file(&vocab_named).unwrap();
     let err = run_export(&model_path, "torch", &dir.join("m.onnx")).unwrap_err();
     assert_eq!(
         err.to_string(),

@@ -582,8 +582,8 @@ const STATE_CASES: &[(&str, i32, &str)] = &[
     ),
     (
         "fingerprint_other.state.safetensors",
-        1,
-        "--resume: the training data differs",
+        2,
+        "--resume: the training data (--train/--data, --vocab-size, --min-count) differs",
     ),
     ("params_bit_flipped.state.safetensors", 1, "checksum"),
 ];

@@ -123,11 +123,18 @@ fn find_split(dir: &Path, split: &str) -> Result<Option<PathBuf>> {
 /// columns it has.
 fn text_column_of(table: &Table, text_column: &str) -> Result<usize> {
     let Some(index) = table.columns.iter().position(|c| c == text_column) else {
+        // One column whose name holds separators: the file was split with
+        // the wrong format.
+        let one_joined = matches!(table.columns.as_slice(), [only] if only.contains(['\t', ',']));
+        let hint = if one_joined {
+            "; the header reads as one column: is --format right?"
+        } else {
+            "; choose the text column with --text-column"
+        };
         usage!(
-            "{}: no column {text_column:?} (columns: {}); choose the text column with \
-             --text-column",
+            "{}: no column {text_column:?} (columns: {}){hint}",
             table.source,
-            crate::data::vocab::column_list(&table.columns)
+            crate::data::vocab::column_list(&table.columns).replace('\t', "\\t")
         );
     };
     Ok(index)
@@ -390,6 +397,18 @@ pub fn prepare_training(args: &TrainArgs) -> Result<Prepared> {
             train[0].table.source,
             args.text_column
         );
+    }
+    for (flag, specs) in [("--valid", &args.valid), ("--test", &args.test)] {
+        let named = specs.iter().filter_map(|s| Some((s, split_spec(s).0?)));
+        if let Some((spec, task)) = named
+            .into_iter()
+            .find(|(_, t)| !task_names.iter().any(|n| n == t))
+        {
+            usage!(
+                "{flag} {spec}: no task {task:?} in the training data (tasks: {})",
+                task_names.join(", ")
+            );
+        }
     }
     for split in [&mut train, &mut valid, &mut test] {
         align_columns(split, &args.text_column);

@@ -4,7 +4,7 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::data::{prepare_training, Prepared};
@@ -165,6 +165,16 @@ fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
                 crate::say!("polyhead: warning: skipping a checkpoint: {error:#}");
             };
             Some(newest_valid(dir, &mut skipped)?)
+        }
+        Some(model) if model.to_string_lossy().ends_with(".state.safetensors") => {
+            let stem = model
+                .to_string_lossy()
+                .replace(".state.safetensors", ".safetensors");
+            usage!(
+                "--resume {}: that is a state file; pass the model file ({stem}) or a \
+                 checkpoint folder",
+                model.display()
+            );
         }
         Some(model) => {
             let file = state_path(model);
@@ -572,7 +582,10 @@ fn check_resumable(
         }
     }
     if checkpoint.data_fingerprint != fingerprint {
-        bail!("--resume: the training data differs from the run being resumed ({shown})");
+        usage!(
+            "--resume: the training data (--train/--data, --vocab-size, --min-count) differs \
+             from the run being resumed ({shown})"
+        );
     }
     checkpoint
         .check_progress(batches_per_epoch)

@@ -144,6 +144,10 @@ const BOM: &[u8] = b"\xEF\xBB\xBF";
 /// extension.
 pub fn read_table(path: &Path, format: Option<Format>) -> Result<Table, DataError> {
     let source = path.display().to_string();
+    if path.is_dir() {
+        let msg = "a folder, not a table: pass it with --data, or name its train file";
+        return Err(DataError::new(&source, None, msg));
+    }
     let format = match format.or_else(|| Format::from_path(path)) {
         Some(f) => f,
         None => {

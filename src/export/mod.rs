@@ -53,11 +53,15 @@ impl FromStr for ExportFormat {
 pub fn run_export(model_path: &Path, format: &str, out: &Path) -> Result<()> {
     let format: ExportFormat = format.parse()?;
     let sidecar = sidecar_path(out)?;
-    if same_file(model_path, out) || same_file(model_path, &sidecar) {
-        bail!(
-            "{}: the export would overwrite the model file; choose another --out",
-            out.display()
-        );
+    for written in [out, sidecar.as_path()] {
+        if same_file(model_path, written) {
+            crate::usage!(
+                "--out {}: the export would write {}, the model file (--model); choose \
+                 another --out",
+                out.display(),
+                written.display()
+            );
+        }
     }
     check_extension(format, out)?;
     let model = Model::load(model_path)?;

@@ -403,7 +403,7 @@ pub fn train<B: Backend>(
             if !loss.is_finite() {
                 bail!(
                     "the training loss became {loss} at epoch {epoch}, step {} (batch {} of {}); \
-                     the model file keeps the last good checkpoint",
+                     files already written keep the last good checkpoint (try a lower --lr)",
                     net.step + 1,
                     step + 1,
                     batches
