@@ -31,6 +31,16 @@ pub enum Command {
     Bench(BenchArgs),
     /// Train one multi-task model and one single-task model per task over
     /// several seeds, and compare their validation (and test) scores
+    #[command(
+        mut_arg("out", |a| a.hide(true)),
+        mut_arg("resume", |a| a.hide(true)),
+        mut_arg("ckpt_dir", |a| a.hide(true)),
+        mut_arg("keep_last", |a| a.hide(true)),
+        mut_arg("checkpoint_every", |a| a.hide(true)),
+        mut_arg("monitor", |a| a.hide(true)),
+        mut_arg("early_stop_patience", |a| a.hide(true)),
+        mut_arg("metrics_out", |a| a.hide(true))
+    )]
     Compare(Box<CompareArgs>),
     /// Write a self-contained HTML page of a run's metrics, a model's
     /// per-class scores and a comparison
@@ -126,8 +136,10 @@ pub struct TrainArgs {
     /// Words seen fewer times in training become <unk>
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub min_count: usize,
+    /// Passes over the training data
     #[arg(long, default_value_t = 10)]
     pub epochs: usize,
+    /// Texts per training step
     #[arg(long, default_value_t = 64, value_name = "ROWS")]
     pub batch_size: usize,
     /// Adam learning rate
@@ -138,6 +150,7 @@ pub struct TrainArgs {
     /// vocabularies, and a different optimiser (TensorFlow's LazyAdam)
     #[arg(long, value_enum, default_value_t = OptimizerArg::Adam)]
     pub optimizer: OptimizerArg,
+    /// Seed of the initial weights, the shuffling and dropout
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// CPU threads (default: all cores)
@@ -214,6 +227,7 @@ pub struct EvalArgs {
     /// Labelled table to score
     #[arg(long, value_name = "FILE")]
     pub data: PathBuf,
+    /// Table format (default: from the extension)
     #[arg(long, value_enum)]
     pub format: Option<FormatArg>,
     /// Tasks to score, comma-separated (default: all of the model's)
@@ -225,6 +239,7 @@ pub struct EvalArgs {
     /// Print one JSON object instead of tables
     #[arg(long)]
     pub json: bool,
+    /// CPU threads (default: all cores)
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
 }
@@ -261,6 +276,7 @@ pub struct PredictArgs {
     /// Include the tokens the model saw (unknown words as <unk>)
     #[arg(long)]
     pub explain_tokens: bool,
+    /// CPU threads (default: all cores)
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
 }
@@ -281,6 +297,7 @@ pub enum Lengths {
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
+    /// Backend to time
     #[arg(long, value_enum, default_value = "cpu")]
     pub backend: BackendArg,
     /// CUDA device, with --backend cuda
@@ -289,31 +306,43 @@ pub struct BenchArgs {
     /// fp32, bf16 or fp16, with --backend cuda (default bf16 where the GPU has it)
     #[arg(long, value_name = "P")]
     pub precision: Option<String>,
+    /// Texts per step
     #[arg(long, default_value_t = 256)]
     pub batch: usize,
+    /// Tokens per text
     #[arg(long, default_value_t = 128)]
     pub max_len: usize,
+    /// Embedding width D
     #[arg(long, default_value_t = 128)]
     pub embed_dim: usize,
+    /// Convolution filters F
     #[arg(long, default_value_t = 128)]
     pub filters: usize,
+    /// Convolution width k
     #[arg(long, default_value_t = 5)]
     pub kernel_size: usize,
+    /// Hidden width H of each head
     #[arg(long, default_value_t = 128)]
     pub hidden: usize,
+    /// Vocabulary size V (token ids are drawn uniformly)
     #[arg(long, default_value_t = 30_000)]
     pub vocab_size: usize,
     /// Classes of each synthetic task, comma-separated
     #[arg(long, value_delimiter = ',', default_value = "10,2")]
     pub classes: Vec<usize>,
+    /// Text lengths
     #[arg(long, value_enum, default_value = "full")]
     pub lengths: Lengths,
+    /// Untimed steps first
     #[arg(long, default_value_t = 5)]
     pub warmup: usize,
+    /// Timed steps
     #[arg(long, default_value_t = 30)]
     pub steps: usize,
+    /// CPU threads (default: all cores)
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// Seed of the weights and the synthetic batches
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Optimiser of the timed steps: adam (the peer's) or lazy-adam
@@ -337,6 +366,7 @@ pub struct ExportArgs {
     /// Model file written by `polyhead train`
     #[arg(long, value_name = "FILE")]
     pub model: PathBuf,
+    /// Export format
     #[arg(long, value_enum)]
     pub format: ExportFormatArg,
     /// Output file (.onnx or .py); the vocabulary and labels go beside it as STEM.vocab.json
@@ -383,6 +413,7 @@ pub struct ReportArgs {
     /// Where to write the page
     #[arg(long, default_value = "report.html", value_name = "FILE")]
     pub out: PathBuf,
+    /// CPU threads (default: all cores)
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
 }
