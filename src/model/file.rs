@@ -25,6 +25,7 @@ use safetensors::SafeTensors;
 use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::Fingerprint;
 use crate::data::vocab::check_words;
 use crate::fsutil::write_atomic;
 use crate::model::{Dims, HeadDims, Shape};
@@ -119,7 +120,16 @@ impl Model {
             ("config".to_string(), serde_json::to_string(&self.config)?),
             ("vocab".to_string(), serde_json::to_string(&self.vocab)?),
             ("labels".to_string(), serde_json::to_string(&labels)?),
+            ("checksum".to_string(), self.checksum()),
         ]))
+    }
+
+    /// A 64-bit hash of the parameters' bytes, in hex: catches what no
+    /// structural check can, such as a flipped bit in a weight.
+    fn checksum(&self) -> String {
+        let mut hash = Fingerprint::default();
+        hash.words(bytemuck::cast_slice(&self.params));
+        hash.hex()
     }
 
     /// The file's bytes.
@@ -222,12 +232,25 @@ impl Model {
                 bail!("tensor {name} holds a non-finite value");
             }
         }
-        Ok(Model {
+        let model = Model {
             config,
             vocab,
             shape,
             params,
-        })
+        };
+
+        // Files from other tools may carry no checksum; one that is there
+        // must match.
+        if let Ok(stored) = field("checksum") {
+            let actual = model.checksum();
+            if *stored != actual {
+                bail!(
+                    "checksum {stored} in the metadata, but the weights hash to {actual} (if \
+                     they were changed on purpose, remove the \"checksum\" entry)"
+                );
+            }
+        }
+        Ok(model)
     }
 }
 

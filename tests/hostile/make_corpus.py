@@ -211,6 +211,11 @@ def model_files(polyhead):
             meta, with_tensor("embedding.weight", (emb[0], emb[1][::-1], emb[2]))
         ),
         "tensor_missing.safetensors": build_st(meta, with_tensor("conv.bias", drop=True)),
+        # The lowest mantissa bit of the first conv bias: still a valid,
+        # finite model, caught only by the checksum.
+        "bias_bit_flipped.safetensors": build_st(
+            meta, with_tensor("conv.bias", (dtype, shape, bytes([bias[0] ^ 1]) + bias[1:]))
+        ),
         "tensor_extra.safetensors": build_st(
             meta, {**tensors, "extra.weight": ("F32", [1], bytes(4))}
         ),
