@@ -802,3 +802,44 @@ fn misdirected_paths_get_a_message_that_says_what_to_pass() {
     );
     expect_error(run, 1, &["cannot write absent/r.html"]);
 }
+
+#[test]
+fn weights_that_train_nothing_and_tasks_named_twice_are_refused() {
+    let run = run_with(
+        "zero-weights",
+        &[("t.tsv", GOOD.as_bytes())],
+        &[
+            "train",
+            "--data",
+            "t.tsv",
+            "--epochs",
+            "1",
+            "--task-weights",
+            "topic=0",
+        ],
+    );
+    expect_error(run, 2, &["--task-weights: every task weighs 0"]);
+
+    let dir = scratch("eval-twice");
+    std::fs::write(dir.join("t.tsv"), GOOD).unwrap();
+    let args = [
+        "train",
+        "--data",
+        "t.tsv",
+        "--epochs",
+        "1",
+        "--out",
+        "m.safetensors",
+    ];
+    polyhead(&dir, &args).ok();
+    let args = [
+        "eval",
+        "--model",
+        "m.safetensors",
+        "--data",
+        "t.tsv",
+        "--tasks",
+        "topic,topic",
+    ];
+    expect_error(polyhead(&dir, &args), 2, &["--tasks names \"topic\" twice"]);
+}

@@ -351,10 +351,7 @@ fn crlf_csv_records_keep_their_lines() {
 
 /// `predict --model FILE` on each damaged model: fragments of the error.
 const MODEL_CASES: &[(&str, &str)] = &[
-    (
-        "bias_bit_flipped.safetensors",
-        "but the weights hash to",
-    ),
+    ("bias_bit_flipped.safetensors", "but the weights hash to"),
     (
         "empty.safetensors",
         "invalid safetensors file: header too small",

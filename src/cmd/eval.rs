@@ -27,6 +27,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                         names.join(", ")
                     );
                 };
+                if picked.contains(&i) {
+                    usage!("--tasks names {task:?} twice");
+                }
                 picked.push(i);
             }
             picked

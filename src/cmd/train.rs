@@ -383,6 +383,9 @@ pub(crate) fn train_config(args: &TrainArgs, task_names: &[String]) -> Result<Tr
         }
         task_weights[i] = weight;
     }
+    if task_weights.iter().all(|&w| w == 0.0) {
+        usage!("--task-weights: every task weighs 0, so nothing would train");
+    }
     let monitor = match (&args.monitor, args.early_stop_patience) {
         (None, None) => None,
         (spec, patience) => {
