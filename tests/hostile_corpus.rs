@@ -351,6 +351,10 @@ fn crlf_csv_records_keep_their_lines() {
 
 /// `predict --model FILE` on each damaged model: fragments of the error.
 const MODEL_CASES: &[(&str, &str)] = &[
+    (
+        "labels_vs_config.safetensors",
+        "metadata \"labels\" disagrees with the tasks and classes in \"config\"",
+    ),
     ("bias_bit_flipped.safetensors", "but the weights hash to"),
     (
         "empty.safetensors",

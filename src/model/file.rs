@@ -191,6 +191,20 @@ impl Model {
         let config: ModelConfig =
             serde_json::from_str(field("config")?).context("metadata \"config\" is not valid")?;
         check_config(&config)?;
+        // `labels` repeats the classes for other runtimes; one that
+        // disagrees with `config` would mislead them.
+        if let Ok(labels) = field("labels") {
+            let stored: serde_json::Value =
+                serde_json::from_str(labels).context("metadata \"labels\" is not valid JSON")?;
+            let expected: serde_json::Map<String, serde_json::Value> = config
+                .tasks
+                .iter()
+                .map(|t| (t.name.clone(), serde_json::json!(t.classes)))
+                .collect();
+            if stored != serde_json::Value::Object(expected) {
+                bail!("metadata \"labels\" disagrees with the tasks and classes in \"config\"");
+            }
+        }
         let rows = tensor_rows(&header, "embedding.weight", config.embed_dim)?;
         let vocab = parse_vocab(field("vocab")?, rows, "rows of tensor embedding.weight")?;
 

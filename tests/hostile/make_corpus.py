@@ -211,6 +211,10 @@ def model_files(polyhead):
             meta, with_tensor("embedding.weight", (emb[0], emb[1][::-1], emb[2]))
         ),
         "tensor_missing.safetensors": build_st(meta, with_tensor("conv.bias", drop=True)),
+        "labels_vs_config.safetensors": build_st(
+            with_meta(labels=json.dumps({t["name"]: t["classes"][::-1] for t in config["tasks"]})),
+            tensors,
+        ),
         # The lowest mantissa bit of the first conv bias: still a valid,
         # finite model, caught only by the checksum.
         "bias_bit_flipped.safetensors": build_st(
