@@ -176,7 +176,7 @@ pub fn training(page: &mut Page, epochs: &[EpochMetrics]) -> Result<()> {
         let charts: [(&[String], &str, &str, PerTask, &str); 2] = [
             (
                 &weighted,
-                "Loss weight per task (end of epoch)",
+                "Loss weight per task (used in the epoch; mean over its steps if they move)",
                 "weight",
                 |e, name| e.loss_weights.get(name).copied().flatten(),
                 "1 for every task throughout: the tasks' losses are weighted equally.",
