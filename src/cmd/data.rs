@@ -1,6 +1,7 @@
 //! From the command line's file arguments to encoded data: finding the
 //! files, reading the tables, building the vocabulary and label lists.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
@@ -457,7 +458,7 @@ pub fn prepare_training(args: &TrainArgs) -> Result<Prepared> {
             warnings.extend(summary.warnings.iter().cloned());
             parts.push((encoded, summary));
         }
-        Ok(concatenate(parts))
+        Ok(concatenate(parts, &maps))
     };
     let (train_encoded, summary) = encode_split(&train, true)?.expect("a training table was read");
     let valid_encoded = encode_split(&valid, false)?.map(|(e, _)| e);
@@ -500,8 +501,10 @@ pub fn prepare_training(args: &TrainArgs) -> Result<Prepared> {
     })
 }
 
-/// Joins the encoded tables of one split, numbering their sources.
-fn concatenate(parts: Vec<(Encoded, Summary)>) -> Option<(Encoded, Summary)> {
+/// Joins the encoded tables of one split, numbering their sources. A label
+/// unknown to the model keeps one class index across the tables: the
+/// index of its first appearance in the split.
+fn concatenate(parts: Vec<(Encoded, Summary)>, maps: &[LabelMap]) -> Option<(Encoded, Summary)> {
     let mut parts = parts.into_iter().enumerate();
     let (_, (mut all, mut summary)) = parts.next()?;
     for (index, (part, s)) in parts {
@@ -509,8 +512,25 @@ fn concatenate(parts: Vec<(Encoded, Summary)>) -> Option<(Encoded, Summary)> {
         all.tokens.extend_from_slice(&part.tokens);
         all.offsets
             .extend(part.offsets[1..].iter().map(|o| o + base));
-        for (labels, more) in all.labels.iter_mut().zip(&part.labels) {
-            labels.extend_from_slice(more);
+        for (task, more) in part.labels.iter().enumerate() {
+            let known = maps[task].classes.len();
+            let unseen = &mut summary.unseen_labels[task];
+            let mut index_of: HashMap<String, usize> = unseen.iter().cloned().zip(0..).collect();
+            let renumbered: Vec<i32> = s.unseen_labels[task]
+                .iter()
+                .map(|label| {
+                    let k = *index_of.entry(label.clone()).or_insert_with(|| {
+                        unseen.push(label.clone());
+                        unseen.len() - 1
+                    });
+                    (known + k) as i32
+                })
+                .collect();
+            let labels = more.iter().map(|&y| match usize::try_from(y) {
+                Ok(y) if y >= known => renumbered[y - known],
+                _ => y,
+            });
+            all.labels[task].extend(labels);
         }
         all.lines.extend_from_slice(&part.lines);
         all.sources
@@ -614,4 +634,44 @@ pub fn encode_for_model(
     let column = text_column_of(table, text_column)?;
     let tokens = tokenize_column(table, column, &loaded.tokenizer);
     Ok(encode_table(table, &tokens, &maps, &vocab, &options)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One row per label, all of one task with known classes `a`, `b`.
+    fn part(labels: &[i32], unseen: &[&str]) -> (Encoded, Summary) {
+        let rows = labels.len();
+        let encoded = Encoded {
+            tokens: vec![2; rows],
+            offsets: (0..=rows).collect(),
+            labels: vec![labels.to_vec()],
+            lines: (2..rows + 2).collect(),
+            sources: vec![0; rows],
+        };
+        let summary = Summary {
+            unknown_labels: vec![labels.iter().filter(|&&y| y >= 2).count()],
+            unseen_labels: vec![unseen.iter().map(|s| s.to_string()).collect()],
+            labelled: vec![labels.iter().filter(|&&y| y >= 0).count()],
+            ..Summary::default()
+        };
+        (encoded, summary)
+    }
+
+    /// The second table's `so-so` (its index 2) is new to the split and
+    /// becomes 3; its `meh` (its index 3) is the first table's 2.
+    #[test]
+    fn an_unseen_label_keeps_one_index_across_tables() {
+        let maps = [LabelMap {
+            task: "mood".to_string(),
+            classes: vec!["a".to_string(), "b".to_string()],
+        }];
+        let first = part(&[0, 2, -1], &["meh"]);
+        let second = part(&[2, 3, 1, 2], &["so-so", "meh"]);
+        let (all, summary) = concatenate(vec![first, second], &maps).unwrap();
+        assert_eq!(all.labels, vec![vec![0, 2, -1, 3, 2, 1, 3]]);
+        assert_eq!(summary.unseen_labels, vec![vec!["meh", "so-so"]]);
+        assert_eq!(summary.unknown_labels, vec![4]);
+    }
 }

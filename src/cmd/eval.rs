@@ -47,12 +47,14 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| "text".to_string());
     let selected_names: Vec<String> = selected.iter().map(|&i| names[i].clone()).collect();
-    let (encoded, _) = encode_for_model(&loaded, &table, &text_column, &selected_names)?;
+    let (encoded, summary) = encode_for_model(&loaded, &table, &text_column, &selected_names)?;
 
     let eval = evaluate(loaded.network(), &encoded, 256)?;
     let mut report = Map::new();
     for &i in &selected {
-        let scores = eval.confusions[i].scores(&config.tasks[i].classes);
+        let classes = config.tasks[i].classes.iter();
+        let class_names: Vec<String> = classes.chain(&summary.unseen_labels[i]).cloned().collect();
+        let scores = eval.confusions[i].scores(&class_names);
         if args.json {
             report.insert(names[i].clone(), serde_json::to_value(&scores)?);
         } else {
@@ -98,7 +100,9 @@ fn task_table(name: &str, s: &TaskScores) -> String {
         .max(5);
     out += &format!("{:width$}  precision  recall      F1  support\n", "class");
     for c in &s.classes {
-        let note = if c.excluded {
+        let note = if c.unseen {
+            "  unseen in training, never predicted"
+        } else if c.excluded {
             "  no support, excluded from macro-F1"
         } else if c.never_predicted {
             "  never predicted"

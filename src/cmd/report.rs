@@ -115,13 +115,14 @@ fn class_scores(
             table.columns.join(", ")
         );
     }
-    let (encoded, _) = encode_for_model(loaded, &table, &args.text_column, &labelled)?;
+    let (encoded, summary) = encode_for_model(loaded, &table, &args.text_column, &labelled)?;
     let eval = evaluate(loaded.network(), &encoded, 256)?;
     for (i, task) in config.tasks.iter().enumerate() {
         if !labelled.contains(&task.name) {
             continue;
         }
-        let scores = eval.confusions[i].scores(&task.classes);
+        let classes = task.classes.iter().chain(&summary.unseen_labels[i]);
+        let scores = eval.confusions[i].scores(&classes.cloned().collect::<Vec<_>>());
         sections::class_scores(page, &task.name, &table.source, &scores)?;
     }
     Ok(())

@@ -19,8 +19,10 @@ pub struct LabelMap {
 pub enum UnseenLabel {
     /// Stop with an error naming the file, line, task and label.
     Error,
-    /// Give the row the index `classes.len()`: an error in every metric,
-    /// never a class of its own.
+    /// Give the row the index `classes.len() + k`, `k` numbering the
+    /// distinct unseen labels in order of first appearance (named in
+    /// [`Summary::unseen_labels`]): a gold-only class, an error in every
+    /// metric.
     Count,
 }
 
@@ -46,7 +48,9 @@ pub struct Encoded {
     pub tokens: Vec<i32>,
     /// Text `i` is `tokens[offsets[i]..offsets[i + 1]]`.
     pub offsets: Vec<usize>,
-    /// Per task, per row: class index, or -1 for a missing label.
+    /// Per task, per row: class index (past the model's classes for a label
+    /// it does not know, see [`UnseenLabel::Count`]), or -1 for a missing
+    /// label.
     pub labels: Vec<Vec<i32>>,
     /// Source line of each row.
     pub lines: Vec<usize>,
@@ -73,6 +77,9 @@ pub struct Summary {
     pub labelled: Vec<usize>,
     /// Per task: rows whose label the model does not know.
     pub unknown_labels: Vec<usize>,
+    /// Per task: the distinct labels the model does not know, in order of
+    /// first appearance; the `k`-th has the class index `classes + k`.
+    pub unseen_labels: Vec<Vec<String>>,
     /// Rows whose text has no token.
     pub empty_texts: usize,
     pub warnings: Vec<String>,
@@ -152,8 +159,10 @@ pub fn encode_table(
         rows_read: table.rows.len(),
         labelled: vec![0; tasks],
         unknown_labels: vec![0; tasks],
+        unseen_labels: vec![Vec::new(); tasks],
         ..Summary::default()
     };
+    let mut unseen_indices: Vec<HashMap<String, i32>> = vec![HashMap::new(); tasks];
     let mut unlabelled = 0;
     let mut row_labels = vec![0i32; tasks];
     let mut ids = Vec::new();
@@ -169,7 +178,16 @@ pub fn encode_table(
                 Some(&index) => index,
                 None if options.unseen == UnseenLabel::Count => {
                     summary.unknown_labels[i] += 1;
-                    maps[i].classes.len() as i32
+                    match unseen_indices[i].get(label) {
+                        Some(&index) => index,
+                        None => {
+                            let unseen = &mut summary.unseen_labels[i];
+                            let index = (maps[i].classes.len() + unseen.len()) as i32;
+                            unseen.push(label.to_string());
+                            unseen_indices[i].insert(label.to_string(), index);
+                            index
+                        }
+                    }
                 }
                 None => {
                     let msg = format!(

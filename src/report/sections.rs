@@ -176,7 +176,7 @@ pub fn training(page: &mut Page, epochs: &[EpochMetrics]) -> Result<()> {
         let charts: [(&[String], &str, &str, PerTask, &str); 2] = [
             (
                 &weighted,
-                "Loss weight per task (end of epoch)",
+                "Loss weight per task (used in the epoch; mean over its steps if they move)",
                 "weight",
                 |e, name| e.loss_weights.get(name).copied().flatten(),
                 "1 for every task throughout: the tasks' losses are weighted equally.",
@@ -271,7 +271,11 @@ pub fn class_scores(page: &mut Page, task: &str, data: &str, scores: &TaskScores
         .classes
         .iter()
         .map(|c| Bar {
-            label: format!("{} ({})", c.class, c.support),
+            label: if c.unseen {
+                format!("{} (unseen, {})", c.class, c.support)
+            } else {
+                format!("{} ({})", c.class, c.support)
+            },
             value: c.f1,
             spread: None,
         })
@@ -282,7 +286,7 @@ pub fn class_scores(page: &mut Page, task: &str, data: &str, scores: &TaskScores
         .filter(|c| c.excluded)
         .map(|c| c.class.as_str())
         .collect();
-    let note = if excluded.is_empty() {
+    let mut note = if excluded.is_empty() {
         "Support (rows whose gold label is the class) in brackets.".to_string()
     } else {
         format!(
@@ -291,10 +295,25 @@ pub fn class_scores(page: &mut Page, task: &str, data: &str, scores: &TaskScores
             excluded.join(", ")
         )
     };
+    if scores.classes.iter().any(|c| c.unseen) {
+        note += " Unseen: a gold label training never had; the model cannot predict it, so \
+                 its F1 is 0, and it counts in macro-F1.";
+    }
     let svg = bar_chart(&bars, "F1", (0.0, 1.0))?;
     body += &figure(&format!("F1 per class: {task}"), &[], &svg, &note);
 
-    let names: Vec<&str> = scores.classes.iter().map(|c| c.class.as_str()).collect();
+    let names: Vec<String> = scores
+        .classes
+        .iter()
+        .map(|c| {
+            if c.unseen {
+                format!("{} (unseen)", c.class)
+            } else {
+                c.class.clone()
+            }
+        })
+        .collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
     if names.len() <= MATRIX_CLASSES {
         body += &confusion_matrix(&names, &scores.confusion);
     } else {

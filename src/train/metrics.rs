@@ -4,11 +4,14 @@
 //! Rules, the same as the PyTorch reference model's:
 //! - only rows with a gold label count;
 //! - a gold label the model does not know (it never appeared in training)
-//!   counts as an error in accuracy and as a false positive of the class
-//!   predicted, but is not a class of its own in any table or average;
+//!   is a gold-only class of its own, one per distinct label: never
+//!   predicted, so its F1 is 0, and its rows are errors in accuracy and
+//!   false positives of the class predicted;
 //! - macro-F1 averages per-class F1 over the classes that occur in gold or
 //!   in predictions; a class with neither ("no support") is left out and
 //!   listed as excluded; F1 is 0 for a class with no true positive;
+//! - weighted F1 weighs each class's F1 by its support, over all labelled
+//!   rows;
 //! - precision of a class never predicted is reported as 0 and flagged;
 //! - in single-label classification micro precision, recall and F1 all
 //!   equal accuracy, so only accuracy is reported.
@@ -18,12 +21,13 @@ use serde::Serialize;
 /// Counts of (gold, predicted) pairs for one task.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Confusion {
+    /// Classes the model knows (and can predict).
     classes: usize,
     /// `[classes, classes]`, rows gold, columns predicted.
     counts: Vec<u64>,
-    /// Predictions for rows whose gold label the model does not know, per
-    /// predicted class.
-    unknown_gold: Vec<u64>,
+    /// Gold labels the model does not know: `unseen_gold[k][p]` counts the
+    /// rows of gold class `classes + k` predicted as `p`.
+    unseen_gold: Vec<Vec<u64>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -38,19 +42,26 @@ pub struct ClassScore {
     pub never_predicted: bool,
     /// Neither in gold nor in predictions: left out of the macro average.
     pub excluded: bool,
+    /// A gold label that never appeared in training: the model cannot
+    /// predict it, so its rows are all errors.
+    pub unseen: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TaskScores {
-    /// Rows with a gold label (known to the model or not).
+    /// Rows with a gold label (known to the model or not); the classes'
+    /// supports add up to it.
     pub labelled: u64,
-    /// Rows whose gold label the model does not know.
+    /// Rows whose gold label the model does not know (the support of the
+    /// classes marked `unseen`).
     pub unknown_labels: u64,
     pub accuracy: f64,
     pub macro_f1: f64,
     pub weighted_f1: f64,
+    /// The model's classes, then the unseen gold labels.
     pub classes: Vec<ClassScore>,
-    /// Rows gold, columns predicted, in class order.
+    /// Rows gold, columns predicted, in class order (square; the columns of
+    /// unseen classes are 0).
     pub confusion: Vec<Vec<u64>>,
 }
 
@@ -59,39 +70,55 @@ impl Confusion {
         Confusion {
             classes,
             counts: vec![0; classes * classes],
-            unknown_gold: vec![0; classes],
+            unseen_gold: Vec::new(),
         }
     }
 
-    /// Records one row. `gold` is a class index, `classes` (or more) for a
-    /// label the model does not know, or negative for a missing label.
+    /// Records one row. `gold` is a class index, `classes + k` for the
+    /// `k`-th distinct label the model does not know, or negative for a
+    /// missing label.
     pub fn add(&mut self, gold: i32, predicted: usize) {
-        if gold < 0 {
+        let Ok(gold) = usize::try_from(gold) else {
             return;
-        }
-        let gold = gold as usize;
-        if gold < self.classes {
-            self.counts[gold * self.classes + predicted] += 1;
-        } else {
-            self.unknown_gold[predicted] += 1;
+        };
+        match gold.checked_sub(self.classes) {
+            None => self.counts[gold * self.classes + predicted] += 1,
+            Some(k) => {
+                if self.unseen_gold.len() <= k {
+                    self.unseen_gold.resize(k + 1, vec![0; self.classes]);
+                }
+                self.unseen_gold[k][predicted] += 1;
+            }
         }
     }
 
+    /// Scores per class and overall. `names` names the classes in index
+    /// order, the known ones then the unseen ones; a class without a name
+    /// is shown by its index.
     pub fn scores(&self, names: &[String]) -> TaskScores {
         let n = self.classes;
-        let gold_of = |c: usize| -> u64 { self.counts[c * n..(c + 1) * n].iter().sum() };
-        let predicted_of = |c: usize| -> u64 {
-            (0..n).map(|g| self.counts[g * n + c]).sum::<u64>() + self.unknown_gold[c]
-        };
-        let correct: u64 = (0..n).map(|c| self.counts[c * n + c]).sum();
-        let unknown: u64 = self.unknown_gold.iter().sum();
-        let labelled = (0..n).map(gold_of).sum::<u64>() + unknown;
+        let all = n + self.unseen_gold.len();
+        let confusion: Vec<Vec<u64>> = (0..all)
+            .map(|g| {
+                let mut row = match g.checked_sub(n) {
+                    None => self.counts[g * n..(g + 1) * n].to_vec(),
+                    Some(k) => self.unseen_gold[k].clone(),
+                };
+                row.resize(all, 0);
+                row
+            })
+            .collect();
+        let support_of = |c: usize| -> u64 { confusion[c].iter().sum() };
+        let predicted_of = |c: usize| -> u64 { confusion.iter().map(|row| row[c]).sum() };
+        let labelled: u64 = (0..all).map(support_of).sum();
+        let correct: u64 = (0..all).map(|c| confusion[c][c]).sum();
+        let unknown: u64 = (n..all).map(support_of).sum();
 
-        let mut classes = Vec::with_capacity(n);
+        let mut classes = Vec::with_capacity(all);
         let (mut f1_sum, mut f1_count, mut weighted) = (0.0, 0usize, 0.0);
-        for c in 0..n {
-            let tp = self.counts[c * n + c];
-            let (support, predicted) = (gold_of(c), predicted_of(c));
+        for (c, row) in confusion.iter().enumerate() {
+            let tp = row[c];
+            let (support, predicted) = (row.iter().sum::<u64>(), predicted_of(c));
             let precision = if predicted == 0 {
                 0.0
             } else {
@@ -122,31 +149,18 @@ impl Confusion {
                 predicted,
                 never_predicted: predicted == 0,
                 excluded,
+                unseen: c >= n,
             });
         }
-        let known = labelled - unknown;
+        let share = |x: f64, of: u64| if of == 0 { f64::NAN } else { x / of as f64 };
         TaskScores {
             labelled,
             unknown_labels: unknown,
-            accuracy: if labelled == 0 {
-                f64::NAN
-            } else {
-                correct as f64 / labelled as f64
-            },
-            macro_f1: if f1_count == 0 {
-                f64::NAN
-            } else {
-                f1_sum / f1_count as f64
-            },
-            weighted_f1: if known == 0 {
-                f64::NAN
-            } else {
-                weighted / known as f64
-            },
+            accuracy: share(correct as f64, labelled),
+            macro_f1: share(f1_sum, f1_count as u64),
+            weighted_f1: share(weighted, labelled),
             classes,
-            confusion: (0..n)
-                .map(|g| self.counts[g * n..(g + 1) * n].to_vec())
-                .collect(),
+            confusion,
         }
     }
 }
@@ -200,18 +214,147 @@ mod tests {
         assert!(close(s.macro_f1, 0.5) && close(s.accuracy, 0.5));
     }
 
+    /// The tester's case: 23 rows of `a` and 16 of `b`, all right, and one
+    /// row of a label the model never saw, predicted `b`.
     #[test]
-    fn unknown_gold_label_is_an_error_not_a_class() {
+    fn an_unseen_gold_label_is_a_class_with_f1_zero() {
         let mut m = Confusion::new(2);
-        m.add(0, 0);
-        m.add(1, 1);
+        for _ in 0..23 {
+            m.add(0, 0);
+        }
+        for _ in 0..16 {
+            m.add(1, 1);
+        }
         m.add(2, 1);
         m.add(-1, 0);
-        let s = m.scores(&names(&["a", "b"]));
-        assert_eq!((s.labelled, s.unknown_labels), (3, 1));
-        assert!(close(s.accuracy, 2.0 / 3.0));
-        assert!(close(s.macro_f1, (1.0 + 2.0 / 3.0) / 2.0), "{}", s.macro_f1);
-        assert_eq!(s.classes.len(), 2);
+        let s = m.scores(&names(&["a", "b", "meh"]));
+
+        assert_eq!((s.labelled, s.unknown_labels), (40, 1));
+        let supports: Vec<u64> = s.classes.iter().map(|c| c.support).collect();
+        assert_eq!(supports, vec![23, 16, 1]);
+        assert!(close(s.accuracy, 39.0 / 40.0));
+        // F1 of b: 2 tp / (support + predicted) = 32 / (16 + 17).
+        let f1_b = 32.0 / 33.0;
+        assert!(
+            close(s.macro_f1, (1.0 + f1_b + 0.0) / 3.0),
+            "{}",
+            s.macro_f1
+        );
+        assert!(
+            close(s.weighted_f1, (23.0 + 16.0 * f1_b) / 40.0),
+            "{}",
+            s.weighted_f1
+        );
+
+        let meh = &s.classes[2];
+        assert_eq!(meh.class, "meh");
+        assert!(meh.unseen && meh.never_predicted && !meh.excluded);
+        assert_eq!((meh.f1, meh.recall), (0.0, 0.0));
+        assert!(!s.classes[1].unseen);
+        assert_eq!(
+            s.confusion,
+            vec![vec![23, 0, 0], vec![0, 16, 0], vec![0, 1, 0]]
+        );
+    }
+
+    /// Known classes a, b, c, d (d absent); unseen x (twice, predicted c)
+    /// and y (once, predicted a):
+    /// a: tp 3, support 3, predicted 5, F1 6/8;
+    /// b: tp 2, support 3, predicted 2, F1 4/5;
+    /// c: tp 1, support 1, predicted 3, F1 2/4;
+    /// x, y: F1 0; d excluded.
+    #[test]
+    fn two_unseen_gold_labels_are_two_classes() {
+        let mut m = Confusion::new(4);
+        let rows = [
+            (0, 0, 3),
+            (1, 0, 1),
+            (1, 1, 2),
+            (2, 2, 1),
+            (4, 2, 2),
+            (5, 0, 1),
+            (-1, 1, 4),
+        ];
+        for (gold, predicted, times) in rows {
+            for _ in 0..times {
+                m.add(gold, predicted);
+            }
+        }
+        let s = m.scores(&names(&["a", "b", "c", "d", "x", "y"]));
+
+        assert_eq!((s.labelled, s.unknown_labels), (10, 3));
+        let supports: Vec<u64> = s.classes.iter().map(|c| c.support).collect();
+        assert_eq!(supports, vec![3, 3, 1, 0, 2, 1]);
+        assert_eq!(supports.iter().sum::<u64>(), s.labelled);
+        let unseen: Vec<bool> = s.classes.iter().map(|c| c.unseen).collect();
+        assert_eq!(unseen, vec![false, false, false, false, true, true]);
+        assert!(s.classes[3].excluded);
+        assert!(close(s.accuracy, 0.6));
+        assert!(
+            close(s.macro_f1, (0.75 + 0.8 + 0.5) / 5.0),
+            "{}",
+            s.macro_f1
+        );
+        let weighted = (0.75 * 3.0 + 0.8 * 3.0 + 0.5) / 10.0;
+        assert!(close(s.weighted_f1, weighted), "{}", s.weighted_f1);
+        assert!(s.confusion.iter().all(|row| row.len() == 6));
+        assert_eq!(s.confusion[4], vec![0, 0, 2, 0, 0, 0]);
+    }
+
+    /// Macro and weighted F1 from label strings, as scikit-learn defines
+    /// them over the union of gold and predicted labels.
+    fn reference_f1(pairs: &[(String, String)]) -> (f64, f64) {
+        let mut labels: Vec<&String> = pairs.iter().flat_map(|(g, p)| [g, p]).collect();
+        labels.sort();
+        labels.dedup();
+        let (mut macro_sum, mut weighted_sum) = (0.0, 0.0);
+        for label in &labels {
+            let count = |keep: &dyn Fn(&(String, String)) -> bool| {
+                pairs.iter().filter(|pair| keep(pair)).count() as f64
+            };
+            let tp = count(&|(g, p)| g == *label && p == *label);
+            let false_pos = count(&|(g, p)| g != *label && p == *label);
+            let false_neg = count(&|(g, p)| g == *label && p != *label);
+            let f1 = if tp == 0.0 {
+                0.0
+            } else {
+                2.0 * tp / (2.0 * tp + false_pos + false_neg)
+            };
+            macro_sum += f1;
+            weighted_sum += f1 * (tp + false_neg);
+        }
+        (
+            macro_sum / labels.len() as f64,
+            weighted_sum / pairs.len() as f64,
+        )
+    }
+
+    #[test]
+    fn unseen_labels_match_the_reference_on_random_rows() {
+        let known = ["a", "b", "c"];
+        let unseen = ["u", "v"];
+        let mut rng = crate::rng::Rng::new(17);
+        for _ in 0..50 {
+            let mut m = Confusion::new(known.len());
+            let mut pairs = Vec::new();
+            for _ in 0..60 {
+                let gold = rng.below(5) as usize;
+                let predicted = rng.below(3) as usize;
+                m.add(gold as i32, predicted);
+                let gold_name = known.iter().chain(&unseen).nth(gold).unwrap();
+                pairs.push((gold_name.to_string(), known[predicted].to_string()));
+            }
+            let s = m.scores(&[]);
+            let (macro_f1, weighted_f1) = reference_f1(&pairs);
+            assert!(close(s.macro_f1, macro_f1), "{} vs {macro_f1}", s.macro_f1);
+            assert!(
+                close(s.weighted_f1, weighted_f1),
+                "{} vs {weighted_f1}",
+                s.weighted_f1
+            );
+            let supports: u64 = s.classes.iter().map(|c| c.support).sum();
+            assert_eq!(supports, 60);
+        }
     }
 
     #[test]

@@ -128,7 +128,9 @@ pub struct EpochReport {
     /// Per task name, in task order.
     #[serde(serialize_with = "ordered_map")]
     pub valid: Vec<(String, TaskSummary)>,
-    /// Loss weight of each task at the end of the epoch.
+    /// Loss weight of each task in the epoch's steps (their mean over the
+    /// steps for the methods that move them every step; see
+    /// [`Weighting::end_epoch`]).
     #[serde(serialize_with = "ordered_map")]
     pub loss_weights: Vec<(String, f64)>,
     /// Mean coefficient of each task's gradient in the encoder's gradient
@@ -443,7 +445,7 @@ pub fn train<B: Backend>(
         net.backend.synchronize()?;
         let seconds = started.elapsed().as_secs_f64();
         let examples = rows.len() - (first * config.batch_size).min(rows.len());
-        state.weighting.end_epoch();
+        let loss_weights = state.weighting.end_epoch();
         let named = |values: Vec<f64>| -> Vec<(String, f64)> {
             task_names.iter().cloned().zip(values).collect()
         };
@@ -477,7 +479,7 @@ pub fn train<B: Backend>(
             examples_per_second: examples as f64 / seconds,
             valid_loss,
             valid: valid_scores,
-            loss_weights: named(state.weighting.loss_weights()),
+            loss_weights: named(loss_weights),
             gradient_mix: named(state.mix_total.iter().map(|t| t / batches as f64).collect()),
             loss_scale: state.loss_scale.map(|s| s.scale),
             skipped_steps: state.loss_scale.map(|_| state.skipped_steps),

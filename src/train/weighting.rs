@@ -71,6 +71,12 @@ impl Method {
         })
     }
 
+    /// Whether the method moves the loss weights after every step rather
+    /// than keeping them for a whole epoch.
+    pub fn moves_weights_every_step(self) -> bool {
+        matches!(self, Method::Uncertainty | Method::GradNorm)
+    }
+
     /// Whether the method needs the Gram matrix of the tasks' gradients.
     pub fn needs_gram(self) -> bool {
         matches!(self, Method::GradNorm | Method::PcGrad | Method::MgdaUb)
@@ -98,6 +104,13 @@ pub struct Weighting {
     epoch_count: Vec<usize>,
     /// GradNorm: each task's first loss.
     initial_losses: Vec<Option<f64>>,
+    /// Sum over the epoch's steps so far of the loss weights they used, and
+    /// the number of those steps (absent from states saved before they were
+    /// kept: the sum then starts at the resumed step).
+    #[serde(default)]
+    epoch_weight_sum: Vec<f64>,
+    #[serde(default)]
+    epoch_steps: usize,
     rng: Rng,
     /// The coefficients of the last step's gradient combination.
     pub last_coeffs: Vec<f64>,
@@ -121,6 +134,8 @@ impl Weighting {
             epoch_sum: vec![0.0; tasks],
             epoch_count: vec![0; tasks],
             initial_losses: vec![None; tasks],
+            epoch_weight_sum: vec![0.0; tasks],
+            epoch_steps: 0,
             rng,
             last_coeffs: vec![1.0; tasks],
             base,
@@ -167,10 +182,18 @@ impl Weighting {
         coeffs
     }
 
-    /// Updates the learned state after a step. `losses[i]` is task `i`'s
-    /// unweighted mean loss in the batch (`None` without labels); `gram` is
-    /// as given to [`Weighting::combine`].
+    /// Updates the learned state after a step, which used the current
+    /// [`Weighting::loss_weights`]. `losses[i]` is task `i`'s unweighted
+    /// mean loss in the batch (`None` without labels); `gram` is as given to
+    /// [`Weighting::combine`].
     pub fn observe(&mut self, losses: &[Option<f64>], gram: &[f64]) {
+        let used = self.loss_weights();
+        self.epoch_weight_sum.resize(used.len(), 0.0);
+        for (sum, w) in self.epoch_weight_sum.iter_mut().zip(used) {
+            *sum += w;
+        }
+        self.epoch_steps += 1;
+
         for (i, loss) in losses.iter().enumerate() {
             if let Some(l) = loss {
                 self.epoch_sum[i] += l;
@@ -192,8 +215,20 @@ impl Weighting {
         }
     }
 
-    /// Closes an epoch (DWA's loss history).
-    pub fn end_epoch(&mut self) {
+    /// Closes an epoch (DWA's loss history) and returns the loss weights its
+    /// steps used: the same for every step, except with uncertainty and
+    /// GradNorm, which move them after each step; for those, their mean over
+    /// the epoch's steps.
+    pub fn end_epoch(&mut self) -> Vec<f64> {
+        let used = if self.method.moves_weights_every_step() && self.epoch_steps > 0 {
+            let steps = self.epoch_steps as f64;
+            self.epoch_weight_sum.iter().map(|s| s / steps).collect()
+        } else {
+            self.loss_weights()
+        };
+        self.epoch_weight_sum.iter_mut().for_each(|s| *s = 0.0);
+        self.epoch_steps = 0;
+
         let means = self
             .epoch_sum
             .iter()
@@ -203,6 +238,7 @@ impl Weighting {
         self.epoch_losses.push(means);
         self.epoch_sum.iter_mut().for_each(|s| *s = 0.0);
         self.epoch_count.iter_mut().for_each(|n| *n = 0);
+        used
     }
 
     fn adam_update(&mut self, grads: &[f64]) {
@@ -524,6 +560,50 @@ mod tests {
             "{weights:?}"
         );
         assert!((weights[0] + weights[1] - 2.0).abs() < 1e-12);
+    }
+
+    /// DWA keeps weights 1 for epochs 1 and 2, so those epochs report 1
+    /// even though the weights for epoch 3 are known once epoch 2 closes;
+    /// epoch 3 reports the weights its steps used.
+    #[test]
+    fn dwa_epochs_report_the_weights_their_steps_used() {
+        let mut w = Weighting::new(Method::Dwa, vec![1.0, 1.0], 0.0, Rng::new(1));
+        w.observe(&[Some(2.0), Some(1.0)], &[]);
+        assert_eq!(w.end_epoch(), vec![1.0, 1.0]);
+        w.observe(&[Some(1.0), Some(1.0)], &[]);
+        assert_eq!(w.end_epoch(), vec![1.0, 1.0]);
+
+        // r = (0.5, 1.0), as in dwa_weights_from_loss_ratios.
+        let (e0, e1) = ((0.25f64).exp(), (0.5f64).exp());
+        let third = [2.0 * e0 / (e0 + e1), 2.0 * e1 / (e0 + e1)];
+        assert_ne!(w.loss_weights(), vec![1.0, 1.0]);
+        w.observe(&[Some(1.0), Some(1.0)], &[]);
+        w.observe(&[Some(1.0), Some(1.0)], &[]);
+        let reported = w.end_epoch();
+        for (got, expected) in reported.iter().zip(third) {
+            assert!((got - expected).abs() < 1e-12, "{reported:?} vs {third:?}");
+        }
+    }
+
+    /// Uncertainty weighting moves the weights after every step, so an
+    /// epoch reports their mean over its steps: weights 1 in step 1, then
+    /// exp(-0.1) and exp(0.1) in step 2 (see
+    /// uncertainty_weights_follow_the_log_variance_gradient).
+    #[test]
+    fn uncertainty_epochs_report_the_mean_weights_of_their_steps() {
+        let mut w = Weighting::new(Method::Uncertainty, vec![1.0, 1.0], 0.1, Rng::new(1));
+        w.observe(&[Some(3.0), Some(0.5)], &[]);
+        w.observe(&[Some(3.0), Some(0.5)], &[]);
+        let reported = w.end_epoch();
+        let expected = [(1.0 + (-0.1f64).exp()) / 2.0, (1.0 + (0.1f64).exp()) / 2.0];
+        for (got, want) in reported.iter().zip(expected) {
+            assert!((got - want).abs() < 1e-6, "{reported:?} vs {expected:?}");
+        }
+
+        // The next epoch counts only its own steps.
+        let in_use = w.loss_weights();
+        w.observe(&[Some(1.0), Some(1.0)], &[]);
+        assert_eq!(w.end_epoch(), in_use);
     }
 
     #[test]
