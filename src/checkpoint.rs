@@ -291,15 +291,27 @@ impl Checkpoint {
         // Last, so that a damaged file reports what is wrong with it first;
         // this catches what no structural check can, such as flipped bits.
         let stored = field("checksum")?;
-        let actual = checkpoint.checksum();
+        let actual = if stored.len() == 16 {
+            checkpoint.legacy_checksum()
+        } else {
+            checkpoint.checksum()
+        };
         if stored != &actual {
             bail!("checksum {stored} in the metadata, but the tensors hash to {actual}");
         }
         Ok(checkpoint)
     }
 
-    /// A 64-bit hash of the three tensors' bytes, in hex.
+    /// A 128-bit hash of the three tensors' bytes, in hex.
     fn checksum(&self) -> String {
+        let tensors = [&self.params, &self.m, &self.v];
+        let parts: Vec<&[u8]> = tensors.iter().map(|t| bytemuck::cast_slice(t)).collect();
+        crate::hash::hex_of(&parts)
+    }
+
+    /// The 64-bit checksum of state files written before [`Self::checksum`]
+    /// (16 hex digits), still verified so those runs can be resumed.
+    fn legacy_checksum(&self) -> String {
         let mut hash = Fingerprint::default();
         for values in [&self.params, &self.m, &self.v] {
             hash.words(bytemuck::cast_slice(values));
@@ -420,8 +432,10 @@ impl Fingerprint {
         }
     }
 
-    /// [`Fingerprint::bytes`] eight bytes at a time (the tail byte by
-    /// byte): the same mixing, fast enough for whole parameter buffers.
+    /// Eight bytes at a time (the tail byte by byte), as the checksums of
+    /// older state files were computed. A change in the high bits of a word
+    /// reaches only the high bits of the hash, so this is no checksum for
+    /// new content: [`crate::hash`] is.
     pub fn words(&mut self, bytes: &[u8]) {
         let mut chunks = bytes.chunks_exact(8);
         for chunk in &mut chunks {
@@ -442,10 +456,6 @@ impl Fingerprint {
 
     pub fn hex(&self) -> String {
         format!("{:016x}", self.0)
-    }
-
-    pub fn value(&self) -> u64 {
-        self.0
     }
 }
 

@@ -9,6 +9,7 @@ pub mod cmd;
 pub mod data;
 pub mod export;
 pub mod fsutil;
+pub mod hash;
 pub mod model;
 pub mod report;
 pub mod rng;

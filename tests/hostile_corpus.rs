@@ -499,6 +499,9 @@ const MODEL_CASES: &[(&str, &str)] = &[
 ];
 
 /// `train --resume` with each damaged run state: exit code and fragment.
+/// The stored states carry the 64-bit checksum of earlier versions (16 hex
+/// digits), so the good one resuming and the flipped bit being caught also
+/// check that runs begun by those versions still resume safely.
 const STATE_CASES: &[(&str, i32, &str)] = &[
     (
         "empty.state.safetensors",

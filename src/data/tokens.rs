@@ -10,10 +10,10 @@ use std::time::{Duration, SystemTime};
 
 use rayon::prelude::*;
 
-use crate::checkpoint::Fingerprint;
 use crate::data::table::Table;
 use crate::data::tokenizer::{Tokenizer, TOKENIZER_VERSION};
 use crate::fsutil::write_atomic;
+use crate::hash::ContentHash;
 
 /// The tokens of one column of one table.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -121,7 +121,7 @@ pub struct TokenCache {
 /// Cache files kept; the oldest beyond this are removed after a write.
 const CACHE_ENTRIES_KEPT: usize = 32;
 
-const MAGIC: &[u8; 8] = b"PHTOKv1\n";
+const MAGIC: &[u8; 8] = b"PHTOKv2\n";
 
 impl TokenCache {
     pub fn new(dir: PathBuf) -> TokenCache {
@@ -167,7 +167,7 @@ impl TokenCache {
         tokenizer: &Tokenizer,
     ) -> (TokenizedColumn, bool) {
         let (key, text_bytes) = cache_key(table, column, tokenizer);
-        let path = self.dir.join(format!("tokens-{key:016x}.bin"));
+        let path = self.dir.join(format!("tokens-{key:032x}.bin"));
         if let Some(tokens) = read_entry(&path, entry_size_limit(table.rows.len(), text_bytes))
             .and_then(|bytes| decode(&bytes, key, table.rows.len()))
         {
@@ -245,20 +245,20 @@ fn read_entry(path: &Path, limit: u64) -> Option<Vec<u8>> {
 
 /// A hash of the column's texts (a missing cell differs from an empty one)
 /// and of everything that changes how they tokenise, and the texts' bytes.
-fn cache_key(table: &Table, column: usize, tokenizer: &Tokenizer) -> (u64, usize) {
-    let mut hash = Fingerprint::default();
-    hash.bytes(&TOKENIZER_VERSION.to_le_bytes());
-    hash.bytes(&[u8::from(tokenizer.lowercase)]);
-    hash.bytes(&(table.rows.len() as u64).to_le_bytes());
+fn cache_key(table: &Table, column: usize, tokenizer: &Tokenizer) -> (u128, usize) {
+    let mut hash = ContentHash::default();
+    hash.update(&TOKENIZER_VERSION.to_le_bytes());
+    hash.update(&[u8::from(tokenizer.lowercase)]);
+    hash.update(&(table.rows.len() as u64).to_le_bytes());
     let mut text_bytes = 0;
     for row in &table.rows {
         match row.cell(column) {
             Some(text) => {
-                hash.bytes(&(text.len() as u64).to_le_bytes());
-                hash.words(text.as_bytes());
+                hash.update(&(text.len() as u64).to_le_bytes());
+                hash.update(text.as_bytes());
                 text_bytes += text.len();
             }
-            None => hash.bytes(&u64::MAX.to_le_bytes()),
+            None => hash.update(&u64::MAX.to_le_bytes()),
         }
     }
     (hash.value(), text_bytes)
@@ -266,10 +266,11 @@ fn cache_key(table: &Table, column: usize, tokenizer: &Tokenizer) -> (u64, usize
 
 /// The cache file: magic, key, counts, lexicon (length-prefixed UTF-8),
 /// row lengths, ids, then a hash of everything before it. Little-endian.
-fn encode(tokens: &TokenizedColumn, key: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + tokens.ids.len() * 4 + tokens.lexicon.len() * 12);
+fn encode(tokens: &TokenizedColumn, key: u128) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + tokens.ids.len() * 4 + tokens.lexicon.len() * 12);
     out.extend_from_slice(MAGIC);
-    for n in [key, tokens.lexicon.len() as u64, tokens.rows() as u64] {
+    out.extend_from_slice(&key.to_le_bytes());
+    for n in [tokens.lexicon.len() as u64, tokens.rows() as u64] {
         out.extend_from_slice(&n.to_le_bytes());
     }
     for token in &tokens.lexicon {
@@ -282,24 +283,24 @@ fn encode(tokens: &TokenizedColumn, key: u64) -> Vec<u8> {
     for id in &tokens.ids {
         out.extend_from_slice(&id.to_le_bytes());
     }
-    let mut hash = Fingerprint::default();
-    hash.words(&out);
+    let mut hash = ContentHash::default();
+    hash.update(&out);
     out.extend_from_slice(&hash.value().to_le_bytes());
     out
 }
 
 /// Reads a cache file back; `None` for anything but an intact entry for
 /// this key and row count.
-fn decode(bytes: &[u8], key: u64, rows: usize) -> Option<TokenizedColumn> {
-    let (body, stored_hash) = bytes.split_at_checked(bytes.len().checked_sub(8)?)?;
-    let mut hash = Fingerprint::default();
-    hash.words(body);
-    if hash.value() != u64::from_le_bytes(stored_hash.try_into().ok()?) {
+fn decode(bytes: &[u8], key: u128, rows: usize) -> Option<TokenizedColumn> {
+    let (body, stored_hash) = bytes.split_at_checked(bytes.len().checked_sub(16)?)?;
+    let mut hash = ContentHash::default();
+    hash.update(body);
+    if hash.value() != u128::from_le_bytes(stored_hash.try_into().ok()?) {
         return None;
     }
 
     let mut reader = Reader { bytes: body };
-    if reader.take(MAGIC.len())? != MAGIC || reader.u64()? != key {
+    if reader.take(MAGIC.len())? != MAGIC || reader.take(16)? != key.to_le_bytes() {
         return None;
     }
     let lexicon_len = usize::try_from(reader.u64()?).ok()?;

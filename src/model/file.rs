@@ -25,7 +25,6 @@ use safetensors::SafeTensors;
 use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::Fingerprint;
 use crate::data::vocab::check_words;
 use crate::fsutil::write_atomic;
 use crate::model::{Dims, HeadDims, Shape};
@@ -124,12 +123,10 @@ impl Model {
         ]))
     }
 
-    /// A 64-bit hash of the parameters' bytes, in hex: catches what no
-    /// structural check can, such as a flipped bit in a weight.
+    /// A 128-bit hash of the parameters' bytes, in hex: catches what no
+    /// structural check can, such as flipped bits in the weights.
     fn checksum(&self) -> String {
-        let mut hash = Fingerprint::default();
-        hash.words(bytemuck::cast_slice(&self.params));
-        hash.hex()
+        crate::hash::hex_of(&[bytemuck::cast_slice(&self.params)])
     }
 
     /// The file's bytes.
