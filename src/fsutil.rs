@@ -11,7 +11,39 @@ use anyhow::{Context, Result};
 /// is written, flushed to disk and renamed over `path`, then the folder is
 /// synced so the rename itself survives a power cut. Readers see either the
 /// old complete file or the new complete one, never a mix.
+///
+/// A symbolic link is followed (the file it names is replaced, the link
+/// kept), and a path that is no regular file (`/dev/stdout`, a FIFO, a
+/// device) is written through, since renaming over it would replace the
+/// device itself.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    match fs::metadata(path) {
+        Ok(info) if info.is_dir() => {
+            anyhow::bail!("cannot write {}: it is a folder", path.display())
+        }
+        Ok(info) if !info.is_file() => {
+            let mut target = fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            return target
+                .write_all(bytes)
+                .and_then(|()| target.flush())
+                .with_context(|| format!("cannot write {}", path.display()));
+        }
+        Ok(_) if fs::symlink_metadata(path).is_ok_and(|l| l.file_type().is_symlink()) => {
+            let target = fs::canonicalize(path)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            return write_atomic(&target, bytes);
+        }
+        _ => {}
+    }
+    replace_file(path, bytes)
+}
+
+/// [`write_atomic`] for files of polyhead's own (cache entries): whatever
+/// sits at `path`, a link or a FIFO included, is replaced by a regular file.
+pub fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = temporary_name(path);
     let result = (|| -> Result<()> {
         let mut file =
@@ -20,7 +52,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
             .with_context(|| format!("cannot write {}", path.display()))?;
         file.sync_all()
             .with_context(|| format!("cannot write {}", path.display()))?;
-        fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
+        fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
         Ok(())
     })();
     if result.is_err() {
@@ -88,6 +120,35 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writes_through_devices_and_links_instead_of_replacing_them() {
+        let dir = std::env::temp_dir().join(format!("polyhead-fsutil-dev-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+
+        // A full device reports its error and stays a device.
+        let err = write_atomic(Path::new("/dev/full"), b"x").unwrap_err();
+        assert!(format!("{err:#}").contains("/dev/full"), "{err:#}");
+        assert!(!fs::metadata("/dev/full").unwrap().is_file());
+        write_atomic(Path::new("/dev/null"), b"x").unwrap();
+        assert!(!fs::metadata("/dev/null").unwrap().is_file());
+
+        // A link keeps pointing at the file, which gets the new content.
+        let target = dir.join("target.json");
+        fs::write(&target, b"old").unwrap();
+        let link = dir.join("link.json");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        write_atomic(&link, b"new").unwrap();
+        assert!(fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(fs::read(&target).unwrap(), b"new");
+
+        let err = write_atomic(&dir, b"x").unwrap_err();
+        assert!(err.to_string().contains("it is a folder"), "{err}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn replaces_the_file_and_leaves_no_temporary() {

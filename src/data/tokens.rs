@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use crate::data::table::Table;
 use crate::data::tokenizer::{Tokenizer, TOKENIZER_VERSION};
-use crate::fsutil::write_atomic;
+use crate::fsutil::replace_file;
 use crate::hash::ContentHash;
 
 /// The tokens of one column of one table.
@@ -180,7 +180,7 @@ impl TokenCache {
         } else {
             std::fs::create_dir_all(&self.dir)
                 .map_err(anyhow::Error::from)
-                .and_then(|()| write_atomic(&path, &encode(&tokens, key)))
+                .and_then(|()| replace_file(&path, &encode(&tokens, key)))
         };
         match stored {
             Ok(()) => self.prune(),
@@ -233,6 +233,10 @@ fn entry_size_limit(rows: usize, text_bytes: usize) -> u64 {
 fn read_entry(path: &Path, limit: u64) -> Option<Vec<u8>> {
     use std::io::Read as _;
 
+    // Checked before opening: opening a FIFO would wait for a writer.
+    if !std::fs::metadata(path).ok()?.is_file() {
+        return None;
+    }
     let file = std::fs::File::open(path).ok()?;
     let metadata = file.metadata().ok()?;
     if !metadata.is_file() || metadata.len() > limit {
@@ -441,6 +445,23 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// Texts that differ only in bytes 7 and 15 (the top bytes of two
+    /// 8-byte words), which a weaker word-at-a-time key once confused.
+    #[test]
+    fn texts_differing_in_word_top_bytes_are_other_entries() {
+        let dir = scratch("top-bytes");
+        let cache = TokenCache::new(dir.clone());
+        let tokenizer = Tokenizer::default();
+        let first = table("text\ttopic\nmy cat bat is very happy\tx\nmy dog cog is sad\ty\n");
+        let second = table("text\ttopic\nmy cat dat is very happy\tx\nmy dog aog is sad\ty\n");
+        let (_, hit) = cache.tokens(&first, 0, &tokenizer);
+        assert!(!hit);
+        let (tokens, hit) = cache.tokens(&second, 0, &tokenizer);
+        assert!(!hit, "another table's tokens were served");
+        assert!(tokens.lexicon.contains(&"dat".to_string()));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn damaged_entry_is_tokenised_again() {
         let dir = scratch("damaged");
@@ -487,6 +508,17 @@ mod tests {
         // A link to an endless device: reading it whole would never end.
         std::fs::remove_file(&entry).unwrap();
         std::os::unix::fs::symlink("/dev/zero", &entry).unwrap();
+        let (tokens, hit) = cache.tokens(&table, 0, &tokenizer);
+        assert!(!hit);
+        assert_eq!(tokens, expected);
+
+        // A FIFO: opening it would wait for a writer forever.
+        std::fs::remove_file(&entry).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(&entry)
+            .status()
+            .unwrap();
+        assert!(made.success());
         let (tokens, hit) = cache.tokens(&table, 0, &tokenizer);
         assert!(!hit);
         assert_eq!(tokens, expected);
