@@ -12,7 +12,7 @@ use crate::backend::Backend;
 use crate::cli::{BackendArg, BenchArgs, Lengths, OptimizerArg};
 use crate::data::dataset::Encoded;
 use crate::model::file::MAX_SIZE;
-use crate::model::init::initial_params;
+use crate::model::init::{check_fits, initial_params};
 use crate::model::network::{AdamConfig, HostBatch, Network, Sum};
 use crate::model::{Dims, HeadDims, Shape};
 use crate::rng::Rng;
@@ -79,6 +79,7 @@ fn bench_on<B: Backend>(backend: B, args: &BenchArgs) -> Result<()> {
     };
     let shape = Shape::new(dims);
     let mut rng = Rng::new(args.seed);
+    check_fits(&shape)?;
     let params = initial_params(&shape, &mut rng);
     let describe = backend.describe();
     let mut net = Network::new(backend, shape.clone(), &params, args.batch, args.max_len)?;

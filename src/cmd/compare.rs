@@ -277,6 +277,7 @@ fn train_once<B: Backend>(
     let shape = Shape::new(config.dims(data.vocab.len()));
 
     let started = Instant::now();
+    crate::model::init::check_fits(&shape)?;
     let params = initial_params(&shape, &mut Rng::derived(seed, 0, 0));
     let rows = args.batch_size.max(train_config.eval_batch);
     let max_width = data.max_width(args.kernel_size);

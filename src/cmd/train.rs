@@ -228,6 +228,7 @@ fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
             (net, checkpoint.run)
         }
         None => {
+            crate::model::init::check_fits(&shape)?;
             let params = initial_params(&shape, &mut Rng::derived(args.seed, 0, 0));
             let net = Network::new(backend, shape.clone(), &params, rows, max_width)?;
             (net, RunState::new(&train_config, args.seed))

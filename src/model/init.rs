@@ -9,6 +9,27 @@ use crate::rng::Rng;
 /// - `conv.*` and every `Linear` weight and bias `~ U(-1/sqrt(fan_in),
 ///   1/sqrt(fan_in))`, which is what PyTorch's default Kaiming-uniform with
 ///   `a = sqrt(5)` reduces to (`fan_in = D * k` for the convolution).
+/// Whether the parameters of `shape` and the three buffers of their size
+/// that training keeps (gradients and two moments) can be allocated: an
+/// error naming the sizes instead of an abort part-way through.
+pub fn check_fits(shape: &Shape) -> anyhow::Result<()> {
+    let floats = shape.len.checked_mul(4);
+    let fits = floats.is_some_and(|n| Vec::<f32>::new().try_reserve_exact(n).is_ok());
+    if !fits {
+        let d = &shape.dims;
+        anyhow::bail!(
+            "a model of {} parameters (vocabulary {}, --embed-dim {}, --filters {}, \
+             --kernel-size {}) does not fit in memory with its training state",
+            shape.len,
+            d.vocab,
+            d.embed,
+            d.filters,
+            d.kernel
+        );
+    }
+    Ok(())
+}
+
 pub fn initial_params(shape: &Shape, rng: &mut Rng) -> Vec<f32> {
     let d = &shape.dims;
     let mut params = vec![0.0f32; shape.len];

@@ -371,7 +371,7 @@ pub fn train<B: Backend>(
     // The training set goes to the backend once; a step gathers its batch
     // there from the epoch's row order.
     let texts = net.upload_texts(train)?;
-    let mut reports = Vec::with_capacity(config.epochs);
+    let mut reports = Vec::new();
 
     while state.epoch <= config.epochs {
         let epoch = state.epoch;

@@ -199,8 +199,8 @@ fn zeroed<T: Clone + Default>(len: usize) -> Result<Vec<T>> {
     if buffer.try_reserve_exact(len).is_err() {
         let mib = len as f64 * std::mem::size_of::<T>() as f64 / (1 << 20) as f64;
         bail!(
-            "cannot allocate {mib:.0} MiB for a buffer of {len} values; lower --batch-size, \
-             --max-len or --vocab-size"
+            "cannot allocate {mib:.0} MiB for a buffer of {len} values; lower the sizes \
+             (--batch-size, --max-len, --vocab-size, --embed-dim, --filters, --kernel-size)"
         );
     }
     buffer.resize(len, T::default());
