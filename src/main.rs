@@ -9,7 +9,25 @@ use polyhead::cli::{Cli, Command};
 use polyhead::cmd::{self, UsageError};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            // Help and version go to standard output, which can fail like
+            // any other output.
+            let printed = error
+                .print()
+                .map_err(|e| format!("cannot write to standard output: {e}"));
+            let failed = printed.err().or_else(|| {
+                let to_stdout = !error.use_stderr();
+                cmd::stdout_error().filter(|_| to_stdout)
+            });
+            if let Some(failure) = failed {
+                polyhead::say!("polyhead: {failure}");
+                return ExitCode::from(1);
+            }
+            return ExitCode::from(error.exit_code().clamp(0, 255) as u8);
+        }
+    };
     let result = match cli.command {
         Command::Train(args) => cmd::train::run(&args),
         Command::Eval(args) => cmd::eval::run(&args),

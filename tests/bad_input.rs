@@ -297,28 +297,49 @@ fn label_unseen_in_training() {
     );
 }
 
+/// Missing labels are masked, so a validation file may label only some
+/// tasks: the others go unscored, with a warning; one that labels none is
+/// refused.
 #[test]
 fn validation_file_missing_a_task_column() {
-    let run = run_with(
-        "validcol",
-        &[
-            ("train.tsv", b"text\ttopic\tmood\na\tx\tp\nb\ty\tq\n"),
-            ("valid.tsv", GOOD.as_bytes()),
-        ],
-        &[
-            "train",
-            "--train",
-            "train.tsv",
-            "--valid",
-            "valid.tsv",
-            "--epochs",
-            "1",
-        ],
+    let train = b"text\ttopic\tmood\na\tx\tp\nb\ty\tq\n";
+    let files: [(&str, &[u8]); 3] = [
+        ("train.tsv", train),
+        ("valid.tsv", GOOD.as_bytes()),
+        ("none.tsv", b"text\tother\na\tz\n"),
+    ];
+    let args = [
+        "train",
+        "--train",
+        "train.tsv",
+        "--valid",
+        "valid.tsv",
+        "--epochs",
+        "1",
+    ];
+    let run = run_with("validcol", &files, &args).ok();
+    assert!(
+        run.stderr
+            .contains("warning: --valid: no column for task mood: not scored there"),
+        "{}",
+        run.stderr
     );
+    assert!(run.stderr.contains("mood acc -"), "{}", run.stderr);
+
+    let args = [
+        "train",
+        "--train",
+        "train.tsv",
+        "--valid",
+        "none.tsv",
+        "--epochs",
+        "1",
+    ];
+    let run = run_with("validcol-none", &files, &args);
     expect_error(
         run,
-        1,
-        &["valid.tsv", "no column \"mood\"", "columns: text, topic"],
+        2,
+        &["--valid none.tsv: no column for any task (tasks: topic, mood)"],
     );
 }
 
@@ -677,7 +698,9 @@ fn full_standard_output_is_an_error() {
     polyhead(&dir, &args).ok();
     std::fs::write(dir.join("texts.txt"), "a b c\n").unwrap();
 
-    let commands: [&[&str]; 4] = [
+    let commands: [&[&str]; 6] = [
+        &["--help"],
+        &["eval", "--help"],
         &["info"],
         &["eval", "--model", "m.safetensors", "--data", "t.tsv"],
         &[
@@ -730,6 +753,19 @@ fn huge_sizes_are_refused_or_fitted_to_the_data() {
     let dir = scratch("huge-bench");
     let run = polyhead(&dir, &["bench", "--max-len", "100000000", "--batch", "1"]);
     expect_error(run, 2, &["--max-len must be at most 65536"]);
+    // Two terabytes of parameters: refused before anything is allocated.
+    let run = polyhead(
+        &dir,
+        &["bench", "--vocab-size", "4000000000", "--threads", "1"],
+    );
+    expect_error(
+        run,
+        1,
+        &[
+            "parameters (vocabulary 4000000000",
+            "does not fit in memory",
+        ],
+    );
     let run = polyhead(&dir, &["bench", "--threads", "5000"]);
     expect_error(run, 2, &["--threads must be at most 1024, got 5000"]);
 }
@@ -760,7 +796,7 @@ fn misdirected_paths_get_a_message_that_says_what_to_pass() {
     expect_error(
         run,
         1,
-        &["folder: a folder, not a table: pass it with --data"],
+        &["folder: a folder, not a table file", "goes to --data"],
     );
 
     let args = [

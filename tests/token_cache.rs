@@ -163,7 +163,7 @@ fn unusable_cache_folder_does_not_stop_training() {
     assert!(dir.join("m.safetensors").exists());
     assert!(
         run.stderr.contains(&format!(
-            "warning: the token cache is not usable, so tokens are not kept: {}: not a folder",
+            "warning: the token cache could not store tokens: {}: not a folder",
             blocked.display()
         )),
         "{}",

@@ -368,9 +368,7 @@ pub fn prepare_training(args: &TrainArgs) -> Result<Prepared> {
         };
     }
     if let Some(error) = cache.as_ref().and_then(TokenCache::write_error) {
-        warnings.push(format!(
-            "the token cache is not usable, so tokens are not kept: {error}"
-        ));
+        warnings.push(format!("the token cache could not store tokens: {error}"));
     }
     let mut task_names: Vec<String> = Vec::new();
     for (task, _) in train.iter().flat_map(|s| &s.tasks) {
@@ -427,20 +425,46 @@ pub fn prepare_training(args: &TrainArgs) -> Result<Prepared> {
             args.min_count
         ));
     }
-    // With one training table, a validation or test table must have every
-    // task's column; with several, each labels what it has.
-    let single = train.len() == 1;
+    // Each table labels the tasks it has a column for (or the one its
+    // `TASK=FILE` names); a task no validation or test table labels is
+    // warned about, since it goes unscored there.
+    for (flag, split) in [("--valid", &valid), ("--test", &test)] {
+        if split.is_empty() {
+            continue;
+        }
+        let unscored: Vec<&str> = task_names
+            .iter()
+            .filter(|t| {
+                !split
+                    .iter()
+                    .flat_map(|s| &s.tasks)
+                    .any(|(task, _)| task == *t)
+            })
+            .map(String::as_str)
+            .collect();
+        if unscored.len() == task_names.len() {
+            let names: Vec<&str> = split.iter().map(|s| s.table.source.as_str()).collect();
+            usage!(
+                "{flag} {}: no column for any task (tasks: {})",
+                names.join(", "),
+                task_names.join(", ")
+            );
+        }
+        if !unscored.is_empty() {
+            warnings.push(format!(
+                "{flag}: no column for {} {}: not scored there",
+                if unscored.len() == 1 { "task" } else { "tasks" },
+                unscored.join(", ")
+            ));
+        }
+    }
     let mut encode_split = |split: &Split, training: bool| -> Result<Option<(Encoded, Summary)>> {
         let mut parts = Vec::new();
         for source in split {
             if source.table.rows.is_empty() {
                 bail!("{}: no rows under the header", source.table.source);
             }
-            let required: Vec<String> = if single && split.len() == 1 {
-                task_names.clone()
-            } else {
-                source.tasks.iter().map(|(t, _)| t.clone()).collect()
-            };
+            let required: Vec<String> = source.tasks.iter().map(|(t, _)| t.clone()).collect();
             let unseen = if training || !args.allow_unseen_labels {
                 UnseenLabel::Error
             } else {

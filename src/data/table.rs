@@ -145,7 +145,8 @@ const BOM: &[u8] = b"\xEF\xBB\xBF";
 pub fn read_table(path: &Path, format: Option<Format>) -> Result<Table, DataError> {
     let source = path.display().to_string();
     if path.is_dir() {
-        let msg = "a folder, not a table: pass it with --data, or name its train file";
+        let msg = "a folder, not a table file (a folder of train, valid and test tables \
+                   goes to --data)";
         return Err(DataError::new(&source, None, msg));
     }
     let format = match format.or_else(|| Format::from_path(path)) {

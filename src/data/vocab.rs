@@ -133,13 +133,18 @@ pub fn column_index(table: &Table, name: &str) -> Result<usize, DataError> {
 /// header too wide to print on one line.
 pub fn column_list(columns: &[String]) -> String {
     const SHOWN: usize = 20;
-    if columns.len() <= SHOWN {
-        return columns.join(", ");
+    // Columns set aside for a run are renamed `\0unused:NAME` internally.
+    let names: Vec<&str> = columns
+        .iter()
+        .map(|c| c.strip_prefix("\0unused:").unwrap_or(c))
+        .collect();
+    if names.len() <= SHOWN {
+        return names.join(", ");
     }
     format!(
         "{}, ... ({} in all)",
-        columns[..SHOWN].join(", "),
-        columns.len()
+        names[..SHOWN].join(", "),
+        names.len()
     )
 }
 

@@ -80,7 +80,20 @@ fn check_extension(format: ExportFormat, out: &Path) -> Result<()> {
         ExportFormat::Onnx => "onnx",
         ExportFormat::Torch => "py",
     };
-    let known = ["onnx", "py", "pt", "pth", "safetensors"];
+    let known = [
+        "onnx",
+        "py",
+        "pt",
+        "pth",
+        "safetensors",
+        "tsv",
+        "tab",
+        "csv",
+        "jsonl",
+        "ndjson",
+        "json",
+        "txt",
+    ];
     let extension = out.extension().map(|e| e.to_string_lossy().to_lowercase());
     if let Some(extension) = extension.filter(|e| known.contains(&e.as_str()) && e != expected) {
         crate::usage!(

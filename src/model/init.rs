@@ -4,11 +4,6 @@
 use crate::model::Shape;
 use crate::rng::Rng;
 
-/// Fresh parameters for `shape`:
-/// - `embedding.weight ~ N(0, 1)` with row 0 (PAD) zero (`nn.Embedding`);
-/// - `conv.*` and every `Linear` weight and bias `~ U(-1/sqrt(fan_in),
-///   1/sqrt(fan_in))`, which is what PyTorch's default Kaiming-uniform with
-///   `a = sqrt(5)` reduces to (`fan_in = D * k` for the convolution).
 /// Whether the parameters of `shape` and the three buffers of their size
 /// that training keeps (gradients and two moments) can be allocated: an
 /// error naming the sizes instead of an abort part-way through.
@@ -30,6 +25,11 @@ pub fn check_fits(shape: &Shape) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Fresh parameters for `shape`:
+/// - `embedding.weight ~ N(0, 1)` with row 0 (PAD) zero (`nn.Embedding`);
+/// - `conv.*` and every `Linear` weight and bias `~ U(-1/sqrt(fan_in),
+///   1/sqrt(fan_in))`, which is what PyTorch's default Kaiming-uniform with
+///   `a = sqrt(5)` reduces to (`fan_in = D * k` for the convolution).
 pub fn initial_params(shape: &Shape, rng: &mut Rng) -> Vec<f32> {
     let d = &shape.dims;
     let mut params = vec![0.0f32; shape.len];
