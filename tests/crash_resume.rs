@@ -131,6 +131,8 @@ fn kill_and_resume(optimizer: &str, kills: usize) {
         killed_mid_run >= kills / 2,
         "too few kills landed mid-run: {killed_mid_run}"
     );
+    // Dozens of models and states: kept only when the test fails.
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
@@ -442,6 +444,7 @@ fn sigkill_with_a_checkpoint_folder_then_resume_from_the_folder() {
         killed_mid_run >= KILLS / 2,
         "too few kills landed mid-run: {killed_mid_run}"
     );
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// A damaged newest checkpoint is skipped with a warning naming it, and the
