@@ -391,6 +391,21 @@ mod tests {
         table(&text)
     }
 
+    /// A cache in `dir` holding the entry of [`big_table`]: the cache, the
+    /// table, its tokens and the entry's path.
+    fn one_entry(dir: &Path) -> (TokenCache, Table, TokenizedColumn, PathBuf) {
+        let cache = TokenCache::new(dir.to_path_buf());
+        let table = big_table();
+        let (expected, _) = cache.tokens(&table, 0, &Tokenizer::default());
+        let entry = std::fs::read_dir(dir)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        (cache, table, expected, entry)
+    }
+
     #[test]
     fn matches_the_tokenizer_row_by_row() {
         let table = big_table();
@@ -465,16 +480,8 @@ mod tests {
     #[test]
     fn damaged_entry_is_tokenised_again() {
         let dir = scratch("damaged");
-        let cache = TokenCache::new(dir.clone());
-        let table = big_table();
+        let (cache, table, expected, entry) = one_entry(&dir);
         let tokenizer = Tokenizer::default();
-        let (expected, _) = cache.tokens(&table, 0, &tokenizer);
-        let entry = std::fs::read_dir(&dir)
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .path();
         let mut bytes = std::fs::read(&entry).unwrap();
         for cut in [0, 7, 8, 30, bytes.len() / 2, bytes.len() - 1] {
             std::fs::write(&entry, &bytes[..cut]).unwrap();
@@ -494,16 +501,8 @@ mod tests {
     #[test]
     fn entry_that_is_a_device_or_too_large_is_not_read() {
         let dir = scratch("oversized");
-        let cache = TokenCache::new(dir.clone());
-        let table = big_table();
+        let (cache, table, expected, entry) = one_entry(&dir);
         let tokenizer = Tokenizer::default();
-        let (expected, _) = cache.tokens(&table, 0, &tokenizer);
-        let entry = std::fs::read_dir(&dir)
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .path();
 
         // A link to an endless device: reading it whole would never end.
         std::fs::remove_file(&entry).unwrap();

@@ -488,6 +488,45 @@ mod tests {
         Model::new(config, vocab, params).unwrap()
     }
 
+    /// The model's bytes with its metadata changed by `edit`.
+    fn with_metadata(model: &Model, edit: impl FnOnce(&mut HashMap<String, String>)) -> Vec<u8> {
+        let mut meta = model.metadata().unwrap();
+        edit(&mut meta);
+        let names = model.config.task_names();
+        let views: Vec<(String, TensorView)> = model
+            .shape
+            .named_tensors(&names)
+            .into_iter()
+            .map(|(name, dims, span)| {
+                let bytes: &[u8] = bytemuck::cast_slice(&model.params[span.range()]);
+                (name, TensorView::new(Dtype::F32, dims, bytes).unwrap())
+            })
+            .collect();
+        safetensors::serialize(views, Some(meta)).unwrap()
+    }
+
+    #[test]
+    fn checksum_must_match_when_present() {
+        let model = small_model();
+        assert_eq!(
+            Model::from_bytes(&model.to_bytes().unwrap()).unwrap(),
+            model
+        );
+
+        let without = with_metadata(&model, |m| {
+            m.remove("checksum");
+        });
+        assert_eq!(Model::from_bytes(&without).unwrap(), model);
+
+        let mut changed = model.clone();
+        changed.params[7] = -changed.params[7];
+        let stale = with_metadata(&changed, |m| {
+            m.insert("checksum".into(), model.checksum());
+        });
+        let err = Model::from_bytes(&stale).unwrap_err().to_string();
+        assert!(err.contains("but the weights hash to"), "{err}");
+    }
+
     #[test]
     fn round_trip_is_exact() {
         let model = small_model();
